@@ -55,7 +55,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for i, part in enumerate(parts[:-1]):
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+                raise ConfigError(
+                    f"override {item!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section"
+                )
             node = nxt
         node[parts[-1]] = _parse_scalar(text)
     return out
@@ -185,7 +187,9 @@ def load_config(cls: type[T], path: str | None = None, overrides: list[str] | No
             with fsspec.open(path, "r") as f:
                 raw = yaml.safe_load(f) or {}
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
+            raise ConfigError(
+                f"config file {path} does not exist; pass an existing YAML file to --config"
+            ) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):

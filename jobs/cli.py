@@ -45,7 +45,11 @@ def default_config_path(mod: ModuleType) -> str | None:
 
 def _config_help(mod: ModuleType) -> str:
     rows = describe(mod.Config)
-    lines = ["config keys (set with key=value; defaults from " + (getattr(mod, "DEFAULT_CONFIG", None) or "the code") + "):"]
+    lines = [
+        "config keys (set with key=value; defaults from "
+        + (getattr(mod, "DEFAULT_CONFIG", None) or "the code")
+        + "):"
+    ]
     for key, tp, default, doc in rows:
         lines.append(f"  {key} ({tp}, default {default!r})")
         if doc:
@@ -62,11 +66,23 @@ def build_parser(name: str, mod: ModuleType) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for key in positional:
-        p.add_argument(key.replace(".", "_"), metavar=key.upper().replace(".", "_"), help=f"sets config key '{key}'")
-    p.add_argument("--config", default=None, help="YAML config file (local path or fsspec URL); default: the job's file under configs/")
+        p.add_argument(
+            key.replace(".", "_"), metavar=key.upper().replace(".", "_"), help=f"sets config key '{key}'"
+        )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML config file (local path or fsspec URL); default: the job's file under configs/",
+    )
     if any(row[0] == "ray.address" for row in describe(mod.Config)):
-        p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. filter.min_duration_s=2")
+        p.add_argument(
+            "--address",
+            default=None,
+            help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)",
+        )
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. filter.min_duration_s=2"
+    )
     return p
 
 
