@@ -13,6 +13,7 @@ takes the same arguments.
 from __future__ import annotations
 
 import argparse
+import json
 import importlib
 import os
 import sys
@@ -92,7 +93,8 @@ def parse_job_args(name: str, argv: list[str]):
     args = build_parser(name, mod).parse_args(argv)
     overrides = list(args.overrides)
     for key in getattr(mod, "POSITIONAL", ()):
-        overrides.insert(0, f"{key}={getattr(args, key.replace('.', '_'))}")
+        value = getattr(args, key.replace(".", "_"))
+        overrides.insert(0, f"{key}={json.dumps(value)}")  # JSON is YAML: no re-typing of "true"/"1"
     if getattr(args, "address", None):
         overrides.append(f"ray.address={args.address}")
     bad = [o for o in overrides if "=" not in o]

@@ -1,0 +1,70 @@
+"""The one place that turns a list of `Stage`s into a Ray Data plan.
+
+Stateless stages run as Ray tasks; stateful stages (models) as actor pools whose constructor calls
+`setup()` once. Resources come from each stage's declaration, so a GPU stage lands on GPU workers of a
+cluster and the CPU decode stages spread over every core.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from videopoet.pipelines.base import Stage
+
+if TYPE_CHECKING:
+    import ray.data
+
+
+def _actor_class(stage: Stage) -> type:
+    """A uniquely named callable class so Ray Data's progress bars show the stage name."""
+
+    def __init__(self):
+        self.stage = stage
+        self.stage.setup()
+
+    def __call__(self, batch):
+        return self.stage(batch)
+
+    return type(f"{type(stage).__name__}Actor", (), {"__init__": __init__, "__call__": __call__})
+
+
+def _task_fn(stage: Stage):
+    state = {"ready": False}
+
+    def fn(batch):
+        if not state["ready"]:  # a task worker may run many batches; set up once per process
+            stage.setup()
+            state["ready"] = True
+        return stage(batch)
+
+    fn.__name__ = type(stage).__name__
+    return fn
+
+
+def apply_stages(ds: ray.data.Dataset, stages: list[Stage]) -> ray.data.Dataset:
+    """Append each stage to `ds` as a `map_batches` with its declared resources."""
+    for stage in stages:
+        res = stage.resources
+        kwargs = dict(
+            batch_format="pandas", batch_size=stage.batch_size, num_cpus=res.cpus, zero_copy_batch=False
+        )
+        if res.gpus:
+            kwargs["num_gpus"] = res.gpus
+        if res.memory_mb:
+            kwargs["memory"] = res.memory_mb * 1024 * 1024
+        if stage.stateful or res.gpus:
+            ds = ds.map_batches(
+                _actor_class(stage), concurrency=stage.concurrency or (1, _max_actors(res)), **kwargs
+            )
+        else:
+            ds = ds.map_batches(_task_fn(stage), **kwargs)
+    return ds
+
+
+def _max_actors(res) -> int:
+    import ray
+
+    total = ray.cluster_resources()
+    if res.gpus:
+        return max(1, int(total.get("GPU", 0) // res.gpus))
+    return max(1, int(total.get("CPU", 1) // max(res.cpus, 1e-3)))

@@ -1,0 +1,104 @@
+"""Stage: the unit of a curation / pre-tokenization pipeline, independent of Ray.
+
+A stage is a small class. `__init__` takes its config and does nothing heavy; `setup()` loads models once
+per worker (the adapter calls it in the actor constructor); `process_row(row)` or `process_rows(rows)`
+does the work. Rows are plain dicts. A stage never calls Ray: `pipelines.adapter` turns a list of stages
+into a Ray Data plan, and `run_local` runs the same list in-process (debugging, tests of a single stage).
+
+Accounting is built in: every row has a `status` ("ok" or "rejected"). A stage only sees "ok" rows;
+rejected rows pass through untouched so they reach the ledger. A row whose processing raises becomes a
+rejection with `reject_reason="error"` and the exception as detail: one bad file never fails the job.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pandas as pd
+
+Row = dict[str, Any]
+
+OK = "ok"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """What one worker of a stage needs. GPU stages run as actor pools; others as tasks unless stateful."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_mb: int | None = None
+
+
+def reject(row: Row, stage: str, reason: str, detail: str = "") -> Row:
+    """Mark `row` rejected by `stage` for `reason` (a short machine-readable word) with a human `detail`."""
+    out = dict(row)
+    out.update(status=REJECTED, reject_stage=stage, reject_reason=reason, reject_detail=detail)
+    return out
+
+
+class Stage:
+    """Base class. Subclasses set `name`, `resources`, and override `process_row` or `process_rows`."""
+
+    name: ClassVar[str] = "stage"
+    resources: Resources = Resources()
+    batch_size: int | None = None
+    """Rows per call; None lets Ray Data choose (one block). Model stages set their inference batch."""
+    stateful: ClassVar[bool] = False
+    """True when `setup()` loads something worth keeping: the adapter then uses an actor pool."""
+    concurrency: int | tuple[int, int] | None = None
+    """Actor-pool size for stateful stages (an int or (min, max)); None = sized from resources."""
+
+    def setup(self) -> None:
+        """Load models / open resources. Called once per worker before the first batch."""
+
+    def process_row(self, row: Row) -> Row | list[Row]:
+        """Transform one ok row into zero or more rows (return [] only via `reject`, never silently)."""
+        raise NotImplementedError
+
+    def process_rows(self, rows: list[Row]) -> list[Row]:
+        """Transform a batch of ok rows. Default: `process_row` each, turning exceptions into rejections."""
+        out: list[Row] = []
+        for row in rows:
+            out.extend(self.safe_call(row, self.process_row))
+        return out
+
+    def safe_call(self, row: Row, fn) -> list[Row]:
+        try:
+            res = fn(row)
+        except Exception as e:  # noqa: BLE001 - a bad input must become a ledger row, not a crash
+            detail = f"{type(e).__name__}: {e}"
+            tb = traceback.format_exc(limit=3)
+            return [reject(row, self.name, "error", f"{detail}\n{tb}")]
+        return res if isinstance(res, list) else [res]
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = batch.to_dict("records")
+        ok = [r for r in rows if r.get("status", OK) == OK]
+        passed = [r for r in rows if r.get("status", OK) != OK]
+        out = self.process_rows(ok) if ok else []
+        return rows_to_frame(out + passed)
+
+
+def rows_to_frame(rows: list[Row]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame({"status": pd.Series([], dtype=object)})
+    return pd.DataFrame.from_records(rows)
+
+
+def run_local(stages: Iterable[Stage], rows: list[Row]) -> list[Row]:
+    """Run stages in this process, in order. Same semantics as the Ray plan; for tests and debugging."""
+    frame = rows_to_frame([{**r, "status": r.get("status", OK)} for r in rows])
+    for stage in stages:
+        stage.setup()
+        frame = stage(frame)
+    return [_clean(r) for r in frame.to_dict("records")]
+
+
+def _clean(row: Row) -> Row:
+    """Drop NaN placeholders pandas adds for columns a row never had."""
+    return {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
