@@ -114,6 +114,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' has bad value {value!r}: expected a mapping")
         kt, vt = get_args(tp) or (Any, Any)
         return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if value is None and not dataclasses.is_dataclass(tp):
+        raise ConfigError(f"config key '{key}' is required but is null: set it, e.g. `{key}=...` on the command line")
     if dataclasses.is_dataclass(tp):
         if value is None:
             value = {}
@@ -252,3 +254,50 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
             default = "<required>"
         rows.append((f"{prefix}{f.name}", _type_name(tp), default, docs.get(f.name, "")))
     return rows
+
+
+def documented_yaml(cfg: Any, skip: tuple[str, ...] = ()) -> str:
+    """Render a config instance as YAML with each key's attribute docstring as a comment above it.
+
+    Used to write `configs/<job>.yaml` (`python -m videopoet.core.config JOB`): the files then document
+    every key by construction, and `tests/jobs/test_cli.py` checks they stay in sync with the code.
+    """
+    lines: list[str] = []
+
+    def emit(obj: Any, indent: int, prefix: str) -> None:
+        docs = field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            key = f"{prefix}{f.name}"
+            if key in skip:
+                continue
+            value = getattr(obj, f.name)
+            pad = " " * indent
+            for line in textwrap.wrap(docs.get(f.name, ""), width=100 - indent - 2):
+                lines.append(f"{pad}# {line}")
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{pad}{f.name}:")
+                emit(value, indent + 2, f"{key}.")
+            else:
+                dumped = yaml.safe_dump({f.name: to_dict(value)}, default_flow_style=True, width=1000).strip()
+                lines.append(f"{pad}{dumped[1:-1] if dumped.startswith('{') else dumped}")
+
+    emit(cfg, 0, "")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # regenerate a job's documented default config: python -m videopoet.core.config curate
+    import importlib
+    import sys
+
+    from videopoet.jobs.cli import JOBS
+
+    job = importlib.import_module(f"videopoet.jobs.{JOBS[sys.argv[1]]}")
+    positional = tuple(getattr(job, "POSITIONAL", ()))
+    required = {f.name: None for f in dataclasses.fields(job.Config) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING}
+    cfg = object.__new__(job.Config)  # skip __post_init__: required keys are null in the template
+    for f in dataclasses.fields(job.Config):
+        default = required.get(f.name, f.default if f.default is not dataclasses.MISSING else None)
+        setattr(cfg, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else default)
+    header = f"# Default config of `videopoet {sys.argv[1]}`. Every key is documented; override any with key.sub=value.\n"
+    sys.stdout.write(header + documented_yaml(cfg, skip=positional))
