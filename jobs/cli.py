@@ -13,9 +13,10 @@ takes the same arguments.
 from __future__ import annotations
 
 import argparse
-import json
 import importlib
+import json
 import os
+import re
 import sys
 import textwrap
 from types import ModuleType
@@ -26,8 +27,11 @@ from videopoet.core.errors import UserError
 # Subcommand -> module under videopoet.jobs. A job is listed here when it works, never before.
 JOBS: dict[str, str] = {
     "sample-data": "sample_data",
+    "curate": "curate",
+    "train-tokenizer": "train_tokenizer",
 }
 
+OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -66,9 +70,14 @@ def build_parser(name: str, mod: ModuleType) -> argparse.ArgumentParser:
         epilog=_config_help(mod),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    types = {row[0]: row[1] for row in describe(mod.Config)}
     for key in positional:
+        many = types.get(key, "").startswith("list")
         p.add_argument(
-            key.replace(".", "_"), metavar=key.upper().replace(".", "_"), help=f"sets config key '{key}'"
+            key.replace(".", "_"),
+            metavar=key.upper().replace(".", "_"),
+            nargs="+" if many else None,
+            help=f"sets config key '{key}'" + (" (one or more)" if many else ""),
         )
     p.add_argument(
         "--config",
@@ -90,8 +99,10 @@ def build_parser(name: str, mod: ModuleType) -> argparse.ArgumentParser:
 def parse_job_args(name: str, argv: list[str]):
     """Parse a job's command line into its resolved Config."""
     mod = _job_module(name)
-    args = build_parser(name, mod).parse_args(argv)
-    overrides = list(args.overrides)
+    # key=value tokens are overrides wherever they stand; the rest are positionals and flags.
+    overrides = [a for a in argv if OVERRIDE_RE.match(a)]
+    args = build_parser(name, mod).parse_args([a for a in argv if not OVERRIDE_RE.match(a)])
+    overrides = list(args.overrides) + overrides
     for key in getattr(mod, "POSITIONAL", ()):
         value = getattr(args, key.replace(".", "_"))
         overrides.insert(0, f"{key}={json.dumps(value)}")  # JSON is YAML: no re-typing of "true"/"1"
