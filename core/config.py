@@ -105,7 +105,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"config key '{key}' has bad value {value!r}: expected {len(args)} items")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -115,7 +115,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         kt, vt = get_args(tp) or (Any, Any)
         return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if value is None and not dataclasses.is_dataclass(tp):
-        raise ConfigError(f"config key '{key}' is required but is null: set it, e.g. `{key}=...` on the command line")
+        raise ConfigError(
+            f"config key '{key}' is required but is null: set it, e.g. `{key}=...` on the command line"
+        )
     if dataclasses.is_dataclass(tp):
         if value is None:
             value = {}
@@ -285,7 +287,9 @@ def documented_yaml(cfg: Any, skip: tuple[str, ...] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # regenerate a job's documented default config: python -m videopoet.core.config curate
+if (
+    __name__ == "__main__"
+):  # regenerate a job's documented default config: python -m videopoet.core.config curate
     import importlib
     import sys
 
@@ -293,8 +297,11 @@ if __name__ == "__main__":  # regenerate a job's documented default config: pyth
 
     job = importlib.import_module(f"videopoet.jobs.{JOBS[sys.argv[1]]}")
     positional = tuple(getattr(job, "POSITIONAL", ()))
-    required = {f.name: None for f in dataclasses.fields(job.Config) if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING}
+    required = {
+        f.name: None
+        for f in dataclasses.fields(job.Config)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     cfg = object.__new__(job.Config)  # skip __post_init__: required keys are null in the template
     for f in dataclasses.fields(job.Config):
         default = required.get(f.name, f.default if f.default is not dataclasses.MISSING else None)

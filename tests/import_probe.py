@@ -22,9 +22,9 @@ def where() -> dict[str, object]:
 
     hf_tokenizers = sys.modules["tokenizers"]
 
+    import tokenizers
     import transformers
 
-    import tokenizers
     import videopoet
     import videopoet.core.config  # noqa: F401
     import videopoet.tokenizers

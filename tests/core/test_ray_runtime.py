@@ -143,9 +143,9 @@ def test_local_ray_workers_import_the_project_and_hf_tokenizers(monkeypatch, tmp
     def where() -> dict:
         import os
 
+        import tokenizers
         import transformers
 
-        import tokenizers
         import videopoet
         import videopoet.core.config  # noqa: F401
 
