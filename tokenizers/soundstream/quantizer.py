@@ -224,6 +224,9 @@ class ResidualVQ(nn.Module):
             active = rows_levels > i  # (B*T,)
             r = residual[active]
             if r.shape[0] == 0:  # quantizer dropout switched this level off for the whole batch
+                if training and update and self.stats_reducer is not None:
+                    # distributed: every rank must join every level's statistics all-reduce, even with none
+                    vq.update(r, torch.zeros(0, device=z.device, dtype=torch.long), self.stats_reducer)
                 continue
             if training and update and not bool(vq.initialized):
                 vq.init_from(r, self.generator)
