@@ -14,6 +14,7 @@ Partitions commit atomically; a killed run re-run resumes; a finished run re-run
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -75,15 +76,18 @@ class Config:
         check(self.partition_size >= 1, "partition_size", self.partition_size, ">= 1")
 
 
-def build_stages(cfg: Config) -> list[Stage]:
+def build_stages(cfg: Config, cluster_has_gpu: bool = False) -> list[Stage]:
+    frames = cfg.frames
+    if cfg.clip.enabled:  # CLIP decides how many frames it scores; sample exactly those
+        frames = dataclasses.replace(frames, num_frames=cfg.clip.num_frames)
     stages: list[Stage] = [
         ProbeStage(cfg=cfg.probe),
         FilterStage(cfg=cfg.filter),
         SceneSplitStage(cfg=cfg.scenes),
-        FrameSampleStage(cfg=cfg.frames, with_clip_frames=cfg.clip.enabled),
+        FrameSampleStage(cfg=frames, with_clip_frames=cfg.clip.enabled),
     ]
     if cfg.clip.enabled:
-        stages.append(ClipScoreStage(cfg=cfg.clip))
+        stages.append(ClipScoreStage(cfg=cfg.clip, cluster_has_gpu=cluster_has_gpu))
     stages.append(AudioExtractStage(cfg=cfg.audio, output=cfg.output))
     return stages
 
@@ -144,6 +148,7 @@ def _commit(state: RunState, p: int, rows: list[dict], expected: set[str]) -> di
 
 def run_partitions(cfg: Config, state: RunState, plan: list[dict]) -> int:
     """Stream every uncommitted partition through the Ray Data plan; commit each as it completes."""
+    import ray
     import ray.data
 
     from videopoet.pipelines.adapter import apply_stages
@@ -159,7 +164,7 @@ def run_partitions(cfg: Config, state: RunState, plan: list[dict]) -> int:
         len(done),
     )
     ds = ray.data.from_items(pending, override_num_blocks=min(len(pending), 4096))
-    ds = apply_stages(ds, build_stages(cfg))
+    ds = apply_stages(ds, build_stages(cfg, cluster_has_gpu=ray.cluster_resources().get("GPU", 0) > 0))
     collector = _Collector(pending)
     expected = {p: set(ids) for p, ids in collector.inputs_of.items()}
     committed = 0
