@@ -43,6 +43,7 @@ log = get_logger(__name__)
 
 # Ray refuses an object store smaller than 75 MiB; below ~128 MiB even a small batch of frames spills.
 _MIN_OBJECT_STORE_MB = 128
+_LOCAL_START_ATTEMPTS = 3
 
 
 @dataclass(kw_only=True)
@@ -229,14 +230,24 @@ def init_ray(cfg: RayConfig | None = None) -> RaySession:
 
     num_cpus = cfg.num_cpus or local_cpu_count()
     store_mb = cfg.object_store_memory_mb or default_object_store_mb()
-    ctx = ray.init(
-        address="local",  # never silently attach to a `ray start` cluster found in /tmp/ray
-        num_cpus=num_cpus,
-        num_gpus=cfg.num_gpus,
-        object_store_memory=store_mb * 2**20,
-        include_dashboard=cfg.include_dashboard,
-        log_to_driver=cfg.log_to_driver,
-    )
+    for attempt in range(1, _LOCAL_START_ATTEMPTS + 1):
+        try:
+            ctx = ray.init(
+                address="local",  # never silently attach to a `ray start` cluster found in /tmp/ray
+                num_cpus=num_cpus,
+                num_gpus=cfg.num_gpus,
+                object_store_memory=store_mb * 2**20,
+                include_dashboard=cfg.include_dashboard,
+                log_to_driver=cfg.log_to_driver,
+            )
+            break
+        except Exception as e:  # Ray waits a fixed 30 s for its raylet; an overloaded machine can miss it
+            if "timed out during startup" not in str(e) or attempt == _LOCAL_START_ATTEMPTS:
+                raise
+            log.warning(
+                "Ray: local start timed out (machine busy?); retrying (%d/%d)", attempt, _LOCAL_START_ATTEMPTS
+            )
+            ray.shutdown()
     session = _session("local")
     log.info(
         "Ray: started a local Ray with %g CPUs, %g GPUs, a %d MiB object store%s",
