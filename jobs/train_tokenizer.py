@@ -1,4 +1,4 @@
-"""Train a tokenizer: the SoundStream audio codec (MAGVIT-v2 video tokenizer: dispatch point, trainer pending).
+"""Train a tokenizer: the SoundStream audio codec or the MAGVIT-v2 video/image tokenizer.
 
     videopoet train-tokenizer --config configs/tokenizer/soundstream_small.yaml
     python jobs/train_tokenizer.py --config configs/tokenizer/soundstream_debug.yaml soundstream.steps=20
@@ -15,8 +15,16 @@ safetensors, einops, fsspec, pyyaml and pystoi, but no PyAV and no network. `sta
 prepares the cache when it is missing, then trains. Outputs: see tokenizers/soundstream/train.py; the
 resolved config is saved as out_dir/config.yaml.
 
-`kind: magvit2` dispatches to `videopoet.tokenizers.magvit2.train`, which must define a `TrainConfig`
-dataclass (filled strictly from the `magvit2:` section) and `train(cfg) -> dict`.
+`kind: magvit2` dispatches to `videopoet.tokenizers.magvit2.train` (its `TrainConfig` is filled strictly from
+the `magvit2:` section) with the same stages: `prepare` decodes the videos and images of
+`magvit2.data.prepare.inputs` (PyAV) into the JPEG-frame Parquet cache `magvit2.data.cache` (split per
+source file); `train` reads only that cache (torch, torchvision, pyarrow; no PyAV):
+
+    videopoet train-tokenizer --config configs/tokenizer/magvit2_debug.yaml          # CPU smoke run
+    videopoet train-tokenizer --config configs/tokenizer/magvit2_small.yaml stage=prepare
+    python jobs/train_tokenizer.py --config configs/tokenizer/magvit2_small.yaml stage=train
+
+docs/TOKENIZER_TRAINING.md has the planned GPU runs.
 """
 
 from __future__ import annotations
@@ -144,7 +152,7 @@ def main(cfg: Config) -> dict:
     if cfg.kind != "soundstream":
         mod = _trainer_module(cfg.kind)
         sub = from_dict(mod.TrainConfig, cfg.magvit2, prefix=f"{cfg.kind}.")
-        return mod.train(sub)
+        return _main_magvit2(cfg, sub, mod)
 
     ss = cfg.soundstream
     have_cache = exists(join(ss.data.cache, INDEX_NAME))
@@ -166,6 +174,32 @@ def main(cfg: Config) -> dict:
     if rank0:
         save_config(cfg, ss.out_dir)
     return train_soundstream(ss)
+
+
+def _main_magvit2(cfg: Config, sub, mod) -> dict:
+    """The magvit2 branch: the same prepare / train stages as SoundStream's, on the frame cache."""
+    from videopoet.tokenizers.magvit2.data import INDEX_NAME as VIDEO_INDEX
+
+    cache = sub.data.cache
+    have_cache = exists(join(cache, VIDEO_INDEX))
+    if cfg.stage == "prepare" or (cfg.stage == "all" and not have_cache):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError(
+                f"the frame cache {cache} must be prepared before a distributed run: run stage=prepare in one "
+                "process first, then torchrun ... stage=train"
+            )
+        mod.prepare(sub, resolvers={"debian": debian_resolver(sub.data.prepare.deb_cache)})
+        if cfg.stage == "prepare":
+            return {"cache": cache}
+    elif cfg.stage == "train" and not have_cache:
+        raise UserError(
+            f"no frame cache at {cache} ({VIDEO_INDEX} missing); run with stage=prepare (or stage=all) on a "
+            "machine with PyAV first, or point magvit2.data.cache at a prepared cache"
+        )
+    if int(os.environ.get("RANK", "0")) == 0:
+        # the resolved run (every key of the magvit2 section), re-runnable with --config
+        save_config({"kind": cfg.kind, "stage": cfg.stage, "magvit2": sub}, sub.out_dir)
+    return mod.train(sub)
 
 
 if __name__ == "__main__":

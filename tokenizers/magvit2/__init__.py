@@ -2,6 +2,8 @@
 decoder, and the 3D StyleGAN discriminator and losses it trains with. See `model.py` for usage.
 
 Import as `videopoet.tokenizers.magvit2` (the top `tokenizers/` folder is a namespace portion on purpose).
+Training: `train.py` (image pretraining -> inflation -> video + GAN), `data.py` (JPEG frame cache from real
+media), `metrics.py` (PSNR, SSIM, codebook usage); how to run it: docs/TOKENIZER_TRAINING.md.
 
 Where this differs from the paper (Yu et al. 2023), and why:
 - Group norms take statistics per frame (the paper's are over the whole clip); otherwise the encoder is
@@ -25,7 +27,12 @@ from videopoet.tokenizers.magvit2.discriminator import (
     lecam_regularizer,
     r1_penalty,
 )
-from videopoet.tokenizers.magvit2.inflate import deflate_state_dict, inflate_conv_weight, inflate_state_dict
+from videopoet.tokenizers.magvit2.inflate import (
+    deflate_state_dict,
+    inflate_conv_weight,
+    inflate_image_trained,
+    inflate_state_dict,
+)
 from videopoet.tokenizers.magvit2.lfq import LFQ, bits_to_indices, indices_to_bits
 from videopoet.tokenizers.magvit2.model import MagvitV2, PerceptualLoss, Reconstruction, per_frame
 
@@ -43,6 +50,7 @@ __all__ = [
     "generator_adversarial_loss",
     "indices_to_bits",
     "inflate_conv_weight",
+    "inflate_image_trained",
     "inflate_state_dict",
     "lecam_regularizer",
     "per_frame",

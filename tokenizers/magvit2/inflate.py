@@ -59,3 +59,53 @@ def deflate_state_dict(model: nn.Module) -> dict[str, Tensor]:
     from a 3D checkpoint and for tests.
     """
     return {k: (v[:, :, -1].clone() if v.ndim == 5 else v.clone()) for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def inflate_image_trained(model: nn.Module) -> list[str]:
+    """Ready a 3D model that has only seen 1-frame inputs for video: inflation without a 2D model.
+
+    Our generator is 3D from the start, so image pretraining means training on 1-frame clips. On those,
+    a causal convolution's earlier time taps only ever multiply the zero padding in front of frame 0:
+    they get exactly zero gradient and keep their random initialization, and so would inject noise from
+    earlier frames as soon as video arrives. This does to them what `inflate_state_dict` does to a 2D
+    model's kernels, in place:
+
+    - `CausalConv3d` (generator): keep the last tap (the current frame, i.e. the learned 2D kernel), zero
+      the earlier taps; each frame is then processed as the image model processes an image.
+    - `DepthToSpaceUpsample` that doubles time: a 1-frame latent only uses the second sub-frame of the
+      depth-to-space split (the first is dropped), so the first sub-frame's kernels are untrained; copy
+      the second's into them, so time upsampling starts as frame repetition.
+    - any other `Conv3d` with a time kernel > 1 and centred time padding (the discriminator): keep the
+      centre tap, zero the others.
+
+    Outputs on 1-frame inputs are unchanged (only never-used weights change). Returns the names of the
+    modules that were changed.
+    """
+    from videopoet.tokenizers.magvit2.layers import CausalConv3d, DepthToSpaceUpsample
+
+    changed = []
+    for name, module in model.named_modules():
+        if isinstance(module, DepthToSpaceUpsample) and module.t > 1:
+            w, b = module.conv.weight, module.conv.bias
+            # output channels are ordered (c, t, h, w): row c * 4t + 4j + s is sub-frame j, sub-pixel s
+            rows = torch.arange(w.shape[0], device=w.device).view(-1, module.t, 4)
+            last = rows[:, -1].flatten()
+            for j in range(module.t - 1):
+                w[rows[:, j].flatten()] = w[last]
+                if b is not None:
+                    b[rows[:, j].flatten()] = b[last]
+            changed.append(name)
+        if not isinstance(module, nn.Conv3d) or module.weight.shape[2] == 1:
+            continue
+        kt = module.weight.shape[2]
+        if isinstance(module, CausalConv3d):
+            module.weight[:, :, :-1] = 0
+        elif module.padding[0] == kt // 2 and kt % 2 == 1:
+            keep = module.weight[:, :, kt // 2].clone()
+            module.weight.zero_()
+            module.weight[:, :, kt // 2] = keep
+        else:
+            continue
+        changed.append(name)
+    return changed
