@@ -29,6 +29,10 @@ JOBS: dict[str, str] = {
     "sample-data": "sample_data",
     "curate": "curate",
     "train-tokenizer": "train_tokenizer",
+    "train-lm": "train_lm",
+    "generate": "generate",
+    "tokenize": "tokenize_shards",
+    "inspect": "inspect_shards",
 }
 
 OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
@@ -71,13 +75,17 @@ def build_parser(name: str, mod: ModuleType) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     types = {row[0]: row[1] for row in describe(mod.Config)}
+    required = {row[0] for row in describe(mod.Config) if row[2] == "<required>"}
     for key in positional:
         many = types.get(key, "").startswith("list")
+        optional = key not in required  # a positional whose key has a default may be left out
         p.add_argument(
             key.replace(".", "_"),
             metavar=key.upper().replace(".", "_"),
-            nargs="+" if many else None,
-            help=f"sets config key '{key}'" + (" (one or more)" if many else ""),
+            nargs=("*" if optional else "+") if many else ("?" if optional else None),
+            help=f"sets config key '{key}'"
+            + (" (one or more)" if many else "")
+            + (" (optional)" if optional else ""),
         )
     p.add_argument(
         "--config",
@@ -105,6 +113,8 @@ def parse_job_args(name: str, argv: list[str]):
     overrides = list(args.overrides) + overrides
     for key in getattr(mod, "POSITIONAL", ()):
         value = getattr(args, key.replace(".", "_"))
+        if value is None or value == []:  # an optional positional left out keeps its default
+            continue
         overrides.insert(0, f"{key}={json.dumps(value)}")  # JSON is YAML: no re-typing of "true"/"1"
     if getattr(args, "address", None):
         overrides.append(f"ray.address={args.address}")
