@@ -9,7 +9,8 @@ root and without apt lists a private apt state is kept under the cache) and unpa
 from the .deb's data archive into the cache. Needs a Debian-based machine (apt-get, dpkg-deb);
 PyAV (`av`) does all decoding and encoding, so no ffmpeg binary is needed. OUT gets:
 
-    video/          real footage as shipped (some with audio); NAME.txt holds a caption where one exists
+    video/          real footage as shipped (some with audio); NAME.txt holds a caption (kphotoalbum's own,
+                    or a short description written for this corpus)
     known_cuts/     2 s pieces of different real clips concatenated at a fixed fps; cuts.json has the
                     ground-truth cut times (seconds) and frame indices (first frame of each new shot)
     images/         real photos; NAME.txt beside an image holds its caption
@@ -197,6 +198,7 @@ class Footage:
     notes: str | None = None
     cuts_s: tuple[float, ...] = ()  # real scene cuts inside the clip (checked by eye and PySceneDetect)
     cut_source: bool = False  # a source of known-cut pieces (long enough, camera footage)
+    caption: str | None = None  # a short description written for this corpus (the packages ship none)
 
 
 VIDEOS = (
@@ -205,6 +207,7 @@ VIDEOS = (
         IMAGEIO + "cockatoo.mp4",
         "cockatoo, handheld, 1280x720; its mp3 track is digital silence",
         cut_source=True,
+        caption="a white cockatoo on a perch turns its head",
     ),
     Footage("python3-imageio", IMAGEIO + "realshort.mp4", "1.2 s, 320x240, AAC audio"),
     Footage(
@@ -213,13 +216,37 @@ VIDEOS = (
         "city at night, MPEG-2, no audio; one real cut",
         (4.64,),
         cut_source=True,
+        caption="a city street at night",
     ),
-    Footage("renpy-demo", LAUNCH, "rocket launch, VP8 + Vorbis; one real cut", (3.08,), cut_source=True),
     Footage(
-        "opencv-doc", OPENCV + "vtest.avi", "pedestrians, static camera, 79.5 s, no audio", cut_source=True
+        "renpy-demo",
+        LAUNCH,
+        "rocket launch, VP8 + Vorbis; one real cut",
+        (3.08,),
+        cut_source=True,
+        caption="a rocket lifts off from the launch pad",
     ),
-    Footage("opencv-doc", OPENCV + "tree.avi", "tree in wind, Cinepak, no audio", cut_source=True),
-    Footage("pd-extendedview", DIVER, "underwater, MJPEG + MP2 audio", cut_source=True),
+    Footage(
+        "opencv-doc",
+        OPENCV + "vtest.avi",
+        "pedestrians, static camera, 79.5 s, no audio",
+        cut_source=True,
+        caption="people walk across a square, seen from above",
+    ),
+    Footage(
+        "opencv-doc",
+        OPENCV + "tree.avi",
+        "tree in wind, Cinepak, no audio",
+        cut_source=True,
+        caption="a tree sways in the wind",
+    ),
+    Footage(
+        "pd-extendedview",
+        DIVER,
+        "underwater, MJPEG + MP2 audio",
+        cut_source=True,
+        caption="a diver swims underwater",
+    ),
     Footage("kphotoalbum", KPA + "movie.avi", "talking head, 160x120 MJPEG, 11 kHz u8 PCM speech"),
     Footage(
         "forensics-samples-files",
@@ -1188,7 +1215,7 @@ def build_video(c: Corpus, pkgs: dict[str, ExtractedPackage], cfg: Config) -> No
         if pkg is None:
             continue
         base = v.path.rsplit("/", 1)[-1]
-        caption = captions.get(base) if v.package == "kphotoalbum" else None
+        caption = captions.get(base) if v.package == "kphotoalbum" else v.caption
         cuts = {"times_s": list(v.cuts_s), "frames": None, "fps": None, "exact": False} if v.cuts_s else None
         c.copy(
             pkg,

@@ -443,6 +443,7 @@ def test_full_corpus(tmp_path):
 
     assert any(r["modality"] == "video" and r["probe"]["audio_codec"] for r in by_group["video"])
     assert sum(bool(r["caption"]) for r in by_group["images"]) >= 8
+    assert sum(bool(r["caption"]) for r in by_group["video"]) >= 6  # text-to-video needs captioned footage
     assert all(r["transcript"] for r in by_group["speech"])
     truth = json.loads((out / "known_cuts/cuts.json").read_text())["videos"]
     assert len(truth) == 7 and sum(not t["cut_frames"] for t in truth.values()) == 1
