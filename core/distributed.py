@@ -9,6 +9,7 @@ torch.compile, checkpoints and their consolidation. Model code (`model/`) never 
     engine.backward(loss); engine.step()
     save_checkpoint(engine, "out/checkpoints", "step00000100", client_state={...})
     state = consolidated_state_dict("out/checkpoints")     # fp32 LM weights from any ZeRO stage
+    engine = build_engine(sr_model, ds, ..., wrapper=SRLossModule(sr_model))   # another model's loss
 
 Launchers set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (`torchrun`, `deepspeed`); a plain
 `python` run gets a one-process group on a free local port. On a machine without CUDA, DeepSpeed is
@@ -282,18 +283,23 @@ def build_engine(
     lr_lambda: Callable[[int], float],
     weight_decay: float,
     chunk_size: int = 1024,
+    wrapper: nn.Module | None = None,
 ):
-    """Wrap `model` (a `VideoPoetLM`) in a DeepSpeed engine whose forward returns `(loss, sums, counts)`.
+    """Wrap `model` in a DeepSpeed engine whose forward is its loss.
 
-    `lr_lambda(step)` multiplies the optimizer's lr after `step` optimizer steps (a `LambdaLR` that the
-    engine steps at each gradient-accumulation boundary and saves in its checkpoints).
+    By default `model` is a `VideoPoetLM` and the engine's forward returns `(loss, sums, counts)` (`LossModule`);
+    other models pass their own `wrapper` module (holding `model`) whose forward computes the loss; every
+    parameter must then be used through a submodule's forward (what ZeRO-3 gathers). `lr_lambda(step)`
+    multiplies the optimizer's lr after `step` optimizer steps (a `LambdaLR` that the engine steps at each
+    gradient-accumulation boundary and saves in its checkpoints).
     """
     _point_deepspeed_at_cpu_if_needed()
     import deepspeed
 
-    wrapper = LossModule(model, chunk_size=chunk_size)
-    if zero_stage(ds_config) == 3:
-        deepspeed.zero.register_external_parameter(wrapper, model.lm_head.weight)
+    if wrapper is None:
+        wrapper = LossModule(model, chunk_size=chunk_size)
+        if zero_stage(ds_config) == 3:
+            deepspeed.zero.register_external_parameter(wrapper, model.lm_head.weight)
     engine, _, _, _ = deepspeed.initialize(
         model=wrapper,
         model_parameters=param_groups(model, weight_decay),
@@ -363,13 +369,18 @@ def read_client_state(ckpt_dir: str, tag: str | None = None) -> dict:
     return {k: v for k, v in sd.items() if k not in skip and not k.startswith(("ds_", "buffer_names"))}
 
 
-def unwrap_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Engine (LossModule) keys -> the LM's own keys."""
-    return {k.removeprefix(MODULE_PREFIX): v for k, v in state.items()}
+def unwrap_state_dict(state: dict[str, Tensor], prefix: str = MODULE_PREFIX) -> dict[str, Tensor]:
+    """Engine (wrapper module) keys -> the model's own keys."""
+    return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
-def consolidated_state_dict(ckpt_dir: str, tag: str | None = None) -> dict[str, Tensor]:
-    """fp32 weights of the LM from a DeepSpeed checkpoint of any ZeRO stage, merged from all ranks' shards."""
+def consolidated_state_dict(
+    ckpt_dir: str, tag: str | None = None, prefix: str = MODULE_PREFIX
+) -> dict[str, Tensor]:
+    """fp32 weights of the model from a DeepSpeed checkpoint of any ZeRO stage, merged from all ranks' shards.
+
+    `prefix`: the state-dict prefix of the model inside the engine's wrapper (`lm.` for the LM's `LossModule`).
+    """
     _point_deepspeed_at_cpu_if_needed()
     tag = tag or latest_tag(ckpt_dir)
     if tag is None:
@@ -384,4 +395,4 @@ def consolidated_state_dict(ckpt_dir: str, tag: str | None = None) -> dict[str, 
         state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
     else:  # ZeRO disabled: the module's weights are in the model states file
         state = torch.load(_model_states_file(tag_dir), map_location="cpu", weights_only=False)["module"]
-    return {k: v.float() for k, v in unwrap_state_dict(state).items()}
+    return {k: v.float() for k, v in unwrap_state_dict(state, prefix).items()}

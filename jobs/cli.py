@@ -30,6 +30,7 @@ JOBS: dict[str, str] = {
     "curate": "curate",
     "train-tokenizer": "train_tokenizer",
     "train-lm": "train_lm",
+    "train-sr": "train_sr",
     "generate": "generate",
     "tokenize": "tokenize_shards",
     "inspect": "inspect_shards",

@@ -6,6 +6,8 @@
     videopoet generate out/lm task=image_to_video image=photo.jpg
     videopoet generate out/lm/checkpoints/step00001000 task=frame_prediction video=clip.mp4   # a DeepSpeed checkpoint
     python jobs/generate.py out/lm --config configs/generate.yaml task=audio_to_video audio=speech.wav
+    videopoet generate out/lm prompt="a cockatoo" sr.checkpoints=[out/sr]               # + a 2x SR stage (`--sr`)
+    videopoet generate out/lm prompt="a cockatoo" sr.checkpoints=[out/sr2x,out/sr4x] sr.sampling.text_guidance=2
 
 `checkpoint` is a training run folder (its `model.safetensors` + `config.json` export, else its latest
 DeepSpeed checkpoint consolidated to fp32), an export folder, or one DeepSpeed checkpoint folder.
@@ -32,6 +34,13 @@ windows, each conditioned on the last `context_seconds` of the video so far - de
 re-tokenized, so the context is tokenized like the training windows - by frame prediction; audio (with
 `with_audio`) is generated per window from its video. Output: an MP4 (H.264 + AAC via PyAV) at `output`,
 its resolved config beside it (`<output>.yaml`).
+
+Super-resolution cascade (`sr.checkpoints`, VideoPoet's `--sr`): each generated window's MAGVIT-v2 codes go
+through the listed SR stages in order (train-sr runs; each upsamples its input grid by its scale, decoding
+iteratively with `sr.sampling`, conditioned on the prompt's caption when there is one), then MAGVIT-v2
+decodes the last stage's codes; the windows are joined as without SR (extensions still continue from the
+low-resolution video, so the LM sees what it was trained on). The stages must work in the LM's token space
+(same MAGVIT-v2, checked by sha256) and take the LM's text encoder's embeddings.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from videopoet.core.errors import UserError
 from videopoet.core.log import get_logger
 from videopoet.model.generate import SamplingConfig, generate_sequence
 from videopoet.model.sequences import Sequence, SequenceBuilder, Task, audio_frames_for
+from videopoet.model.sr_generate import SRSamplingConfig, sample_sr
 
 DEFAULT_CONFIG = "configs/generate.yaml"
 POSITIONAL = ("checkpoint",)
@@ -90,6 +100,14 @@ class TextSection:
     """Device the text encoder runs on."""
     verify: bool = True
     """Refuse a text encoder whose id differs from the one recorded in the training data."""
+
+
+@dataclass(kw_only=True)
+class SRSection:
+    checkpoints: list[str] = field(default_factory=list)
+    """Super-resolution stages cascaded after the LM, in order (train-sr run folders, exports or checkpoints); [] = none."""
+    sampling: SRSamplingConfig = field(default_factory=SRSamplingConfig)
+    """Iterative decoding of every stage: steps, temperatures, guidance of the caption and of the low-res video."""
 
 
 @dataclass(kw_only=True)
@@ -134,6 +152,8 @@ class Config:
     """MAGVIT-v2 and SoundStream checkpoints for encoding inputs and decoding outputs."""
     text: TextSection = field(default_factory=TextSection)
     """The caption encoder."""
+    sr: SRSection = field(default_factory=SRSection)
+    """Super-resolution stages after the LM (e.g. sr.checkpoints=[out/sr] for twice the width and height)."""
 
     def __post_init__(self) -> None:
         check(
@@ -313,6 +333,8 @@ class Generator:
         audio_path = cfg.tokenizers.audio or at.get("checkpoint")
         self.soundstream = self._load_soundstream(audio_path, at) if audio_path else None
         self._text = None
+        self.sr_stages = [self._load_sr(path, vt) for path in cfg.sr.checkpoints]
+        self._sr_text: Tensor | None = None  # the prompt's embeddings for the SR stages (encoded once)
 
     # -- loading ---------------------------------------------------------------------------------------------
     def _load_magvit(self, path: str | None, recorded: dict):
@@ -352,6 +374,30 @@ class Generator:
                 f"{self.vocab.audio_levels} x {self.vocab.audio_codebook_size}"
             )
         return s
+
+    def _load_sr(self, path: str, lm_video: dict):
+        from videopoet.jobs.train_sr import load_trained_sr
+
+        stage = load_trained_sr(path, device=self.device)
+        theirs = (stage.info.get("shards") or {}).get("video_tokenizer") or {}
+        if stage.model.cfg.visual_bits != self.vocab.visual_bits:
+            raise UserError(
+                f"SR stage {path} works on {stage.model.cfg.visual_bits}-bit codes, the LM's vocabulary on "
+                f"{self.vocab.visual_bits}-bit ones"
+            )
+        if theirs.get("sha256") and lm_video.get("sha256") and theirs["sha256"] != lm_video["sha256"]:
+            raise UserError(
+                f"SR stage {path} was trained on tokens of another MAGVIT-v2 (sha256 {theirs['sha256'][:16]}...) "
+                f"than the LM ({lm_video['sha256'][:16]}...); train it on shards made with the LM's tokenizer"
+            )
+        text_enc = ((stage.info.get("shards") or {}).get("text_encoder") or {}).get("id")
+        lm_enc = (self.shards.get("text_encoder") or {}).get("id")
+        if self.cfg.text.verify and text_enc and lm_enc and text_enc != lm_enc:
+            raise UserError(
+                f"SR stage {path} was trained with text encoder {text_enc}, the LM with {lm_enc}; the cascade "
+                "embeds the prompt once, so both must use the same one (or set text.verify=false)"
+            )
+        return stage
 
     def text(self, caption: str) -> Tensor:
         """(n, text_dim) caption embeddings (n <= the LM's text slots)."""
@@ -450,6 +496,31 @@ class Generator:
         v = torch.cat(visual) if visual else None
         a = torch.cat(audio) if audio else None
         return v, a
+
+    @torch.no_grad()
+    def upsample(self, codes: Tensor) -> Tensor:
+        """A window's codes (T', H', W') through every SR stage: (T', H' x scales, W' x scales)."""
+        if self.cfg.prompt and self._sr_text is None:
+            self._sr_text = self.text(self.cfg.prompt)
+        text = self._sr_text
+        for stage in self.sr_stages:
+            cond = {}
+            if text is not None:
+                if text.shape[-1] != stage.model.cfg.text_dim:
+                    raise UserError(
+                        f"the text encoder gives {text.shape[-1]}-d embeddings, the SR stage takes "
+                        f"{stage.model.cfg.text_dim}-d"
+                    )
+                cond["text"] = text[: int(stage.info.get("text_slots", 64))][None].to(self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                codes = sample_sr(
+                    stage.model,
+                    codes[None].to(self.device),
+                    sampling=self.cfg.sr.sampling,
+                    generator=self.gen,
+                    **cond,
+                )[0].cpu()
+        return codes
 
     def video_ids(self, ids: Tensor, shape: tuple[int, ...]) -> Tensor:
         return self.vocab.ids_to_visual(ids).reshape(shape)
@@ -573,13 +644,20 @@ def main(cfg: Config) -> dict:
         rgb = read_video_window(cfg.video, g.frames, g.fps, g.size, g.sizes)
     else:
         rgb = g.decode_video(codes)
+    use_sr = bool(g.sr_stages)
+    if use_sr and notes.get("input_video"):
+        log.warning("sr.checkpoints ignored: task %s generates no video to upsample", task)
+        use_sr = False
+    hr = (
+        [g.decode_video(g.upsample(codes))] if use_sr else []
+    )  # the high-resolution windows (new frames only)
     if task == "text_to_image" and cfg.output.lower().endswith((".png", ".jpg", ".jpeg")):
         from PIL import Image
 
         os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-        Image.fromarray(rgb[0]).save(cfg.output)
+        Image.fromarray((hr[0] if use_sr else rgb)[0]).save(cfg.output)
         save_config(cfg, os.path.dirname(os.path.abspath(cfg.output)), os.path.basename(cfg.output) + ".yaml")
-        return {"output": cfg.output, "frames": 1}
+        return {"output": cfg.output, "frames": 1, "size": Image.open(cfg.output).size}
     want_audio = cfg.with_audio and g.soundstream is not None and rgb.shape[0] > 1
     if audio_wave is None and want_audio:
         audio_wave = g.window_audio(codes)
@@ -589,6 +667,9 @@ def main(cfg: Config) -> dict:
         extend = 0
     for _ in range(extend):
         new, wcodes = g.extend_window(rgb, g.frames)
+        if use_sr:  # the same window upsampled, without its context frames (as `new`)
+            up = g.decode_video(g.upsample(wcodes))
+            hr.append(up[up.shape[0] - new.shape[0] :])
         if audio_wave is not None and want_audio:  # the new window's audio, from after its context
             more = g.window_audio(wcodes)
             skip = round((g.frames - new.shape[0]) / g.fps * g.soundstream.cfg.sample_rate)
@@ -600,20 +681,23 @@ def main(cfg: Config) -> dict:
         n = round(rgb.shape[0] / g.fps * sr)
         audio_wave = np.pad(audio_wave, (0, max(0, n - len(audio_wave))))[:n]
         audio = (audio_wave, sr)
-    write_mp4(cfg.output, rgb, g.fps, audio)
+    out = np.concatenate(hr) if use_sr else rgb
+    write_mp4(cfg.output, out, g.fps, audio)
     save_config(cfg, os.path.dirname(os.path.abspath(cfg.output)), os.path.basename(cfg.output) + ".yaml")
     log.info(
-        "wrote %s: %d frames at %g fps (%dx%d)%s",
+        "wrote %s: %d frames at %g fps (%dx%d%s)%s",
         cfg.output,
-        rgb.shape[0],
+        out.shape[0],
         g.fps,
-        rgb.shape[2],
-        rgb.shape[1],
+        out.shape[2],
+        out.shape[1],
+        f", {len(g.sr_stages)} SR stage(s) from {rgb.shape[2]}x{rgb.shape[1]}" if use_sr else "",
         f", {len(audio[0]) / audio[1]:.2f} s of audio" if audio else "",
     )
     return {
         "output": cfg.output,
-        "frames": int(rgb.shape[0]),
+        "frames": int(out.shape[0]),
+        "size": (int(out.shape[2]), int(out.shape[1])),
         "audio_s": len(audio[0]) / audio[1] if audio else 0.0,
     }
 

@@ -49,12 +49,16 @@ audio-video continuation) use an RNG seeded with (seed, step, stream, micro-batc
 Exact resume: a stream's state is its reader's state just before the oldest row still buffered, the
 number of rows read since, and which of those are still buffered; loading replays those rows (`ShardReader`
 states are per row), so buffers, reader position and RNGs are exactly as they were.
+
+The reading machinery is shared with the super-resolution data (`jobs/sr_data.py`): `StreamConfig` (the
+reader keys of `data`), `Stream` (one partition with its length-group buffers, grouping and usability given
+by a `RowPolicy`; the LM's is `LM_ROWS`) and `ShardStreams` (a rank's streams, shard checks, counters, state).
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,11 +128,36 @@ class TaskWeights:
 
 
 @dataclass(kw_only=True)
-class DataConfig:
-    """Where the token shards are and how rows become task sequences."""
+class StreamConfig:
+    """Where the token shards are and how the readers split, buffer and check them (shared by the LM and SR data)."""
 
     url: str = ""
     """Token-shard dataset (local folder or fsspec URL) written by the tokenize job."""
+    streams: int | None = None
+    """Reader partitions of the data (null: one per rank). Fix it to make the sample order independent of the number of ranks."""
+    shuffle: bool = True
+    """Shuffle shard row groups each epoch (seeded by train.seed)."""
+    max_buffered_rows: int = 256
+    """Rows a stream keeps waiting for a batch of their length group; past it, the oldest is dropped."""
+    max_scan_rows: int = 20000
+    """Rows a stream may read looking for usable ones before the run stops with an error."""
+    expect_video_tokenizer: str | None = None
+    """Refuse shards not made by this MAGVIT-v2: its id, or the sha256 (or a >= 12-digit prefix) of its model.safetensors. null: any, but all shards must agree."""
+    expect_text_encoder: str | None = None
+    """Refuse shards whose caption embeddings come from another text encoder (its id). null: any, all shards agreeing."""
+
+    def __post_init__(self) -> None:
+        check(self.streams is None or self.streams >= 1, "streams", self.streams, "null or >= 1")
+        check(self.max_buffered_rows >= 1, "max_buffered_rows", self.max_buffered_rows, ">= 1")
+        check(self.max_scan_rows >= 1, "max_scan_rows", self.max_scan_rows, ">= 1")
+
+
+@dataclass(kw_only=True)
+class DataConfig(StreamConfig):
+    """Where the token shards are and how rows become task sequences."""
+
+    expect_audio_tokenizer: str | None = None
+    """Refuse shards not made by this SoundStream (id or sha256 / prefix of its model.safetensors). null: any, all shards agreeing."""
     tasks: TaskWeights = field(default_factory=TaskWeights)
     """Task mixture weights (relative within the image side and within the video side)."""
     image_phase: float = 0.25
@@ -141,22 +170,9 @@ class DataConfig:
     """Probability that a text-conditioned sequence gets no caption embedding (classifier-free guidance)."""
     text_slots: int = 64
     """Text-embedding slots in text-conditioned sequences (<= 64); longer captions are truncated."""
-    streams: int | None = None
-    """Reader partitions of the data (null: one per rank). Fix it to make the sample order independent of the number of ranks."""
-    shuffle: bool = True
-    """Shuffle shard row groups each epoch (seeded by train.seed)."""
-    max_buffered_rows: int = 256
-    """Rows a stream keeps waiting for a task that can use them; past it, the oldest is dropped."""
-    max_scan_rows: int = 20000
-    """Rows a stream may read looking for one the step's task can use before the run stops with an error."""
-    expect_video_tokenizer: str | None = None
-    """Refuse shards not made by this MAGVIT-v2: its id, or the sha256 (or a >= 12-digit prefix) of its model.safetensors. null: any, but all shards must agree."""
-    expect_audio_tokenizer: str | None = None
-    """Refuse shards not made by this SoundStream (id or sha256 / prefix of its model.safetensors). null: any, all shards agreeing."""
-    expect_text_encoder: str | None = None
-    """Refuse shards whose caption embeddings come from another text encoder (its id). null: any, all shards agreeing."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(0 <= self.image_phase <= 1, "image_phase", self.image_phase, "in [0, 1]")
         check(0 <= self.image_share_early <= 1, "image_share_early", self.image_share_early, "in [0, 1]")
         check(0 <= self.image_share_late <= 1, "image_share_late", self.image_share_late, "in [0, 1]")
@@ -164,9 +180,6 @@ class DataConfig:
         check(
             1 <= self.text_slots <= MAX_TEXT_TOKENS, "text_slots", self.text_slots, f"in 1..{MAX_TEXT_TOKENS}"
         )
-        check(self.streams is None or self.streams >= 1, "streams", self.streams, "null or >= 1")
-        check(self.max_buffered_rows >= 1, "max_buffered_rows", self.max_buffered_rows, ">= 1")
-        check(self.max_scan_rows >= 1, "max_scan_rows", self.max_scan_rows, ">= 1")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -376,14 +389,39 @@ class RowBuilder:
 # streams
 
 
+@dataclass(frozen=True)
+class RowPolicy:
+    """How a stream groups rows into length groups and which rows a task can use (the LM's: `LM_ROWS`)."""
+
+    key: Callable[[dict], Hashable]
+    """Row -> its length group (rows of one group batch without padding)."""
+    usable: Callable[[Any, Hashable], bool]
+    """(task, group) -> whether the task can use rows of the group."""
+    needs: Callable[[Any], str]
+    """Task -> what its rows need, for error messages."""
+    name: Callable[[Any], str]
+    """Task -> its name in messages."""
+    hint: str
+    """What to do when a task finds no usable rows."""
+
+
+LM_ROWS = RowPolicy(
+    key=RowKey.of,
+    usable=usable,
+    needs=needs,
+    name=lambda task: task.name.lower(),
+    hint="Give it weight 0 in data.tasks or add such rows",
+)
+
+
 class Stream:
     """One reader partition with its length-group buffers. Resumable exactly (see the module docstring)."""
 
-    def __init__(self, index: int, reader, cfg: DataConfig, tasks: set[Task]):
-        self.index, self.reader, self.cfg, self.tasks = index, reader, cfg, tasks
+    def __init__(self, index: int, reader, cfg: StreamConfig, tasks: set, rows: RowPolicy = LM_ROWS):
+        self.index, self.reader, self.cfg, self.tasks, self.rows = index, reader, cfg, tasks, rows
         self._it: Iterator[dict] | None = None
         self.reads = 0  # rows read from the reader so far
-        self.buffers: dict[RowKey, collections.deque] = collections.defaultdict(collections.deque)
+        self.buffers: dict[Hashable, collections.deque] = collections.defaultdict(collections.deque)
         self.pre_state: dict[int, dict] = {}  # read index -> reader state just before that row
         self.dropped = 0  # buffered rows given up past max_buffered_rows
         self.skipped = 0  # rows no task of the mixture can use
@@ -407,8 +445,8 @@ class Stream:
         return sum(len(q) for q in self.buffers.values())
 
     def _push(self, idx: int, row: dict) -> None:
-        key = RowKey.of(row)
-        if not any(usable(t, key) for t in self.tasks):
+        key = self.rows.key(row)
+        if not any(self.rows.usable(t, key) for t in self.tasks):
             del self.pre_state[idx]  # no task of the mixture can use it (e.g. an audio-only row)
             self.skipped += 1
             return
@@ -421,23 +459,26 @@ class Stream:
             del self.pre_state[i]
             self.dropped += 1
 
-    def _ready(self, task: Task, n: int) -> RowKey | None:
+    def _ready(self, task, n: int) -> Hashable | None:
         best = None
         for key, q in self.buffers.items():
-            if len(q) >= n and usable(task, key) and (best is None or q[0][0] < self.buffers[best][0][0]):
+            if (
+                len(q) >= n
+                and self.rows.usable(task, key)
+                and (best is None or q[0][0] < self.buffers[best][0][0])
+            ):
                 best = key
         return best
 
-    def take(self, task: Task, n: int) -> list[dict]:
+    def take(self, task, n: int) -> list[dict]:
         """`n` rows of one length group usable by `task`, oldest group first."""
         scanned = 0
         key = self._ready(task, n)
         while key is None:
             if scanned >= self.cfg.max_scan_rows:
                 raise UserError(
-                    f"task {task.name.lower()} found no {n} rows of one length group in {scanned} rows of data "
-                    f"stream {self.index} of {self.cfg.url}: it needs {needs(task)}. Give it weight 0 in data.tasks "
-                    "or add such rows"
+                    f"task {self.rows.name(task)} found no {n} rows of one length group in {scanned} rows of data "
+                    f"stream {self.index} of {self.cfg.url}: it needs {self.rows.needs(task)}. {self.rows.hint}"
                 )
             idx, row = self._read()
             self._push(idx, row)
@@ -477,7 +518,7 @@ class Stream:
         for _ in range(int(state["replay"])):
             idx, row = self._read()
             if idx in live:
-                self.buffers[RowKey.of(row)].append((idx, row))
+                self.buffers[self.rows.key(row)].append((idx, row))
             else:  # consumed, dropped or skipped before the checkpoint
                 del self.pre_state[idx]
 
@@ -486,24 +527,24 @@ class Stream:
 # the data of one rank
 
 
-class LMData:
-    """This rank's task sequences for each optimizer step (see the module docstring)."""
+class ShardStreams:
+    """This rank's reader streams over the token shards: ownership, shard checks, counters, exact-resume state.
+
+    Micro-batch j of a step comes from stream `stream_for(j)` (see "Streams" in the module docstring).
+    """
 
     def __init__(
         self,
-        cfg: DataConfig,
+        cfg: StreamConfig,
         *,
-        vocab: Vocab,
-        text_dim: int,
         seed: int,
-        max_steps: int,
-        micro_batch: int,
         grad_accum: int,
+        tasks: set,
+        rows: RowPolicy,
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.cfg, self.seed, self.max_steps, self.micro_batch = cfg, seed, max_steps, micro_batch
-        self.grad_accum, self.rank, self.world = grad_accum, rank, world_size
+        self.cfg, self.seed, self.grad_accum, self.rank, self.world = cfg, seed, grad_accum, rank, world_size
         self.num_streams = cfg.streams or world_size
         if self.num_streams % world_size:
             raise UserError(
@@ -517,84 +558,33 @@ class LMData:
                 "per step (train.grad_accum); grad_accum must be a multiple of it"
             )
         self.owned = [s for s in range(self.num_streams) if s % world_size == rank]
-        weights = cfg.tasks.weights()
         self.streams = {
             s: Stream(
                 s,
                 open_reader(cfg.url, rank=s, world_size=self.num_streams, seed=seed, shuffle=cfg.shuffle),
                 cfg,
-                set(weights),
+                set(tasks),
+                rows,
             )
             for s in self.owned
         }
-        self.rows = RowBuilder(cfg, vocab, text_dim, Alignment.from_meta(self.meta))
-        self.image_tasks = {t: w for t, w in weights.items() if t in IMAGE_TASKS}
-        self.video_tasks = {t: w for t, w in weights.items() if t not in IMAGE_TASKS}
-        self._check_tasks_have_rows(weights)
 
-    def _check_tasks_have_rows(self, weights: dict[Task, float]) -> None:
-        """Fail at start, not at the first step of a task that the dataset cannot feed."""
-        reader = next(iter(self.streams.values())).reader
-        by_modality = (getattr(reader, "manifest", {}).get("totals") or {}).get("rows_by_modality")
-        for task in weights:
-            if task == Task.STYLIZATION:
-                raise UserError(
-                    "data.tasks.stylization > 0, but token shards hold no tokenized flow/depth control videos "
-                    "yet; set data.tasks.stylization=0"
-                )
-            side = "image" if task in IMAGE_TASKS else "video"
-            if by_modality is not None and not by_modality.get(side):
-                raise UserError(
-                    f"data.tasks.{task.name.lower()} > 0, but {self.cfg.url} holds no {side} rows "
-                    f"(rows by modality: {by_modality}); set data.tasks.{task.name.lower()}=0 or add {side}s"
-                )
+    def stream_for(self, j: int) -> tuple[int, int]:
+        """(stream index, its local micro-batch number) of this rank's micro-batch j of a step."""
+        per = len(self.owned)
+        return self.owned[j % per], j // per
+
+    @property
+    def reader(self):
+        return next(iter(self.streams.values())).reader
 
     @property
     def meta(self) -> dict:
-        return dict(next(iter(self.streams.values())).reader.meta)
+        return dict(self.reader.meta)
 
     def check_compatible(self, expected: dict) -> None:
         """`ShardReader.check_compatible` on every shard of the dataset (UserError naming the shard)."""
-        next(iter(self.streams.values())).reader.check_compatible(expected)
-
-    def image_share(self, step: int) -> float:
-        if not self.image_tasks:
-            return 0.0
-        if not self.video_tasks:
-            return 1.0
-        early = step < self.cfg.image_phase * self.max_steps
-        return self.cfg.image_share_early if early else self.cfg.image_share_late
-
-    def step_task(self, step: int) -> Task:
-        """The one task of optimizer step `step` (identical on every rank; see the module docstring)."""
-        rng = np.random.default_rng([self.seed, step, 0x7A5C])
-        side = self.image_tasks if rng.random() < self.image_share(step) else self.video_tasks
-        tasks = sorted(side)
-        w = np.array([side[t] for t in tasks], dtype=np.float64)
-        return tasks[int(rng.choice(len(tasks), p=w / w.sum()))]
-
-    def micro_batches(self, step: int) -> list[MicroBatch]:
-        """The `grad_accum` micro-batches of this rank for step `step`, all of that step's task."""
-        task = self.step_task(step)
-        out = []
-        per = len(self.owned)
-        for j in range(self.grad_accum):
-            sid = self.owned[j % per]
-            local = j // per
-            rng = np.random.default_rng([self.seed, step, sid, local])
-            rows = self.streams[sid].take(task, self.micro_batch)
-            items = [self.rows.build(task, r, rng) for r in rows]
-            batch, text = self.rows.collate(task, items)
-            out.append(
-                MicroBatch(
-                    task=task,
-                    batch=batch,
-                    text=text,
-                    sample_ids=[str(r.get("sample_id")) for r in rows],
-                    stream=sid,
-                )
-            )
-        return out
+        self.reader.check_compatible(expected)
 
     @property
     def dropped_rows(self) -> int:
@@ -618,3 +608,89 @@ class LMData:
             )
         for s in self.owned:
             self.streams[s].load_state_dict(states[s])
+
+
+class LMData(ShardStreams):
+    """This rank's task sequences for each optimizer step (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        *,
+        vocab: Vocab,
+        text_dim: int,
+        seed: int,
+        max_steps: int,
+        micro_batch: int,
+        grad_accum: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        weights = cfg.tasks.weights()
+        super().__init__(
+            cfg,
+            seed=seed,
+            grad_accum=grad_accum,
+            tasks=set(weights),
+            rows=LM_ROWS,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.max_steps, self.micro_batch = max_steps, micro_batch
+        self.rows = RowBuilder(cfg, vocab, text_dim, Alignment.from_meta(self.meta))
+        self.image_tasks = {t: w for t, w in weights.items() if t in IMAGE_TASKS}
+        self.video_tasks = {t: w for t, w in weights.items() if t not in IMAGE_TASKS}
+        self._check_tasks_have_rows(weights)
+
+    def _check_tasks_have_rows(self, weights: dict[Task, float]) -> None:
+        """Fail at start, not at the first step of a task that the dataset cannot feed."""
+        by_modality = (getattr(self.reader, "manifest", {}).get("totals") or {}).get("rows_by_modality")
+        for task in weights:
+            if task == Task.STYLIZATION:
+                raise UserError(
+                    "data.tasks.stylization > 0, but token shards hold no tokenized flow/depth control videos "
+                    "yet; set data.tasks.stylization=0"
+                )
+            side = "image" if task in IMAGE_TASKS else "video"
+            if by_modality is not None and not by_modality.get(side):
+                raise UserError(
+                    f"data.tasks.{task.name.lower()} > 0, but {self.cfg.url} holds no {side} rows "
+                    f"(rows by modality: {by_modality}); set data.tasks.{task.name.lower()}=0 or add {side}s"
+                )
+
+    def image_share(self, step: int) -> float:
+        if not self.image_tasks:
+            return 0.0
+        if not self.video_tasks:
+            return 1.0
+        early = step < self.cfg.image_phase * self.max_steps
+        return self.cfg.image_share_early if early else self.cfg.image_share_late
+
+    def step_task(self, step: int) -> Task:
+        """The one task of optimizer step `step` (identical on every rank; see the module docstring)."""
+        rng = np.random.default_rng([self.seed, step, 0x7A5C])
+        side = self.image_tasks if rng.random() < self.image_share(step) else self.video_tasks
+        tasks = sorted(side)
+        w = np.array([side[t] for t in tasks], dtype=np.float64)
+        return tasks[int(rng.choice(len(tasks), p=w / w.sum()))]
+
+    def micro_batches(self, step: int) -> list[MicroBatch]:
+        """The `grad_accum` micro-batches of this rank for step `step`, all of that step's task."""
+        task = self.step_task(step)
+        out = []
+        for j in range(self.grad_accum):
+            sid, local = self.stream_for(j)
+            rng = np.random.default_rng([self.seed, step, sid, local])
+            rows = self.streams[sid].take(task, self.micro_batch)
+            items = [self.rows.build(task, r, rng) for r in rows]
+            batch, text = self.rows.collate(task, items)
+            out.append(
+                MicroBatch(
+                    task=task,
+                    batch=batch,
+                    text=text,
+                    sample_ids=[str(r.get("sample_id")) for r in rows],
+                    stream=sid,
+                )
+            )
+        return out

@@ -1,4 +1,4 @@
-"""Tiny token-shard datasets and LM runs for the train-lm / generate tests.
+"""Tiny token-shard datasets and LM / SR runs for the train-lm / train-sr / generate tests.
 
 Rows carry captions from tests/assets embedded with the bundled MiniLM text encoder (the debug LM's 384-d
 text width), video tokens of a 9 x 32 x 32 clip at the debug MAGVIT-v2 (3 x 4 x 4 latent grid, 2^10 codes)
@@ -43,9 +43,20 @@ def embed_captions(texts: list[str]):
     return embs, enc.id
 
 
-def make_rows(n_av: int, n_video: int, n_image: int, embs: list[np.ndarray], seed: int = 0) -> list[dict]:
+def sr_tokens(video: np.ndarray) -> np.ndarray:
+    """A super-resolution target for low-resolution codes (T', H', W'): each code becomes a 2 x 2 block of codes
+    that follow from it and the position inside the block (so an SR stage can learn the mapping)."""
+    up = np.repeat(np.repeat(video, 2, axis=1), 2, axis=2).astype(np.int64)
+    phase = (np.arange(up.shape[1])[:, None] % 2) * 2 + np.arange(up.shape[2])[None, :] % 2
+    return ((up * 4 + phase) % 1024).astype(np.int32)
+
+
+def make_rows(
+    n_av: int, n_video: int, n_image: int, embs: list[np.ndarray], seed: int = 0, sr: bool = False
+) -> list[dict]:
     """Shard rows: video windows with audio and a caption (`n_av`), video windows without either (`n_video`),
-    captioned images (`n_image`), and one audio-only row (which no LM task uses)."""
+    captioned images (`n_image`), and one audio-only row (which no LM task uses). With `sr`, video and image
+    rows also carry a 2x super-resolution target (`sr_tokens`)."""
     rng = np.random.default_rng(seed)
     rows = []
     t, h, w = VIDEO_SHAPE
@@ -82,6 +93,7 @@ def make_rows(n_av: int, n_video: int, n_image: int, embs: list[np.ndarray], see
                 "text_length": None if emb is None else emb.shape[0],
                 "text_dim": None if emb is None else emb.shape[1],
                 "num_tokens": (0 if kind == "audio" else video.size) + (0 if audio is None else audio.size),
+                "sr_video_tokens": sr_tokens(video) if sr and kind != "audio" else None,
             }
         )
     return rows
@@ -170,12 +182,17 @@ class Dataset:
     audio_tokenizer: str
 
 
-def make_dataset(root: Path, n_av: int = 24, n_video: int = 8, n_image: int = 16) -> Dataset:
-    """Debug tokenizers + a token dataset made with them (captions embedded by the bundled MiniLM)."""
+def make_dataset(
+    root: Path, n_av: int = 24, n_video: int = 8, n_image: int = 16, sr: bool = False
+) -> Dataset:
+    """Debug tokenizers + a token dataset made with them (captions embedded by the bundled MiniLM); with `sr`,
+    2x super-resolution pairs too."""
     video, audio = save_debug_tokenizers(root / "tokenizers")
     embs, enc_id = embed_captions(captions())
     meta = shard_meta(video, audio, enc_id)
-    rows = make_rows(n_av, n_video, n_image, embs)
+    if sr:
+        meta["sr"] = {"scale": 2, "max_upscale": 1.0}
+    rows = make_rows(n_av, n_video, n_image, embs, sr=sr)
     url = write_dataset(root / "tokens", rows, meta)
     return Dataset(url=str(url), meta=meta, rows=rows, video_tokenizer=video, audio_tokenizer=audio)
 
@@ -186,12 +203,14 @@ def env() -> dict[str, str]:
     return e
 
 
-def train(args: list[str], nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run jobs/train_lm.py (under torchrun for nproc > 1) with configs/train_lm_debug.yaml + `args`."""
+def train(
+    args: list[str], nproc: int = 1, timeout: float = 300, job: str = "train_lm"
+) -> subprocess.CompletedProcess:
+    """Run jobs/<job>.py (under torchrun for nproc > 1) with configs/<job>_debug.yaml + `args`."""
     script = [
-        str(REPO_ROOT / "jobs" / "train_lm.py"),
+        str(REPO_ROOT / "jobs" / f"{job}.py"),
         "--config",
-        str(REPO_ROOT / "configs" / "train_lm_debug.yaml"),
+        str(REPO_ROOT / "configs" / f"{job}_debug.yaml"),
     ]
     if nproc > 1:
         cmd = [

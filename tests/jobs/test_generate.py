@@ -1,5 +1,6 @@
 """videopoet generate: MP4s with audio from a debug LM trained by train-lm, for every task, from its export or
-its DeepSpeed checkpoint, with the tokenizers and text encoder its training data was made with."""
+its DeepSpeed checkpoint, with the tokenizers and text encoder its training data was made with; and the
+cascade through a super-resolution stage trained by train-sr on the same data."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ VIDEO = ASSETS / "video_cockatoo_3s.mp4"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[F.Dataset, Path]:
     root = tmp_path_factory.mktemp("gen")
-    ds = F.make_dataset(root)
+    ds = F.make_dataset(root, sr=True)  # 2x pairs for the SR stage; the LM does not read them
     out = root / "run"
     res = F.train([f"data.url={ds.url}", f"output={out}", "train.max_steps=3"])
     assert res.returncode == 0, res.stderr[-5000:]
@@ -149,3 +150,51 @@ def test_cli_exits_1_with_a_message_for_a_missing_input(run, tmp_path, capsys):
     _, run_dir = run
     assert cli.run("generate", [str(run_dir), "task=video_to_audio", f"output={tmp_path}/o.mp4"]) == 1
     assert "needs an input: set video=PATH" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sr_run(run) -> Path:
+    ds, run_dir = run
+    out = run_dir.parent / "sr"
+    res = F.train([f"data.url={ds.url}", f"output={out}"], job="train_sr")
+    assert res.returncode == 0, res.stderr[-5000:]
+    return out
+
+
+def test_sr_cascade_doubles_every_window_of_a_long_video(run, sr_run, tmp_path):
+    _, run_dir = run
+    out = tmp_path / "t2v_sr.mp4"
+    res = generate(
+        run_dir,
+        out,
+        "task=text_to_video",
+        "prompt=A white cockatoo turns its head on a perch.",
+        f"sr.checkpoints=[{sr_run}]",
+        "sr.sampling.steps=4",
+        "sr.sampling.text_guidance=2",
+        "sr.sampling.lr_guidance=1.5",
+        "extend=1",
+    )
+    info = probe(out)
+    assert info == {
+        "codec": "h264",
+        "frames": 13,
+        "size": (64, 64),
+        "audio_s": pytest.approx(13 / 8, abs=0.08),
+    }
+    assert res["size"] == (64, 64)
+
+
+def test_refuses_an_sr_stage_trained_on_another_tokenizer(run, tmp_path):
+    from videopoet.core.config import to_dict
+    from videopoet.jobs.train_sr import EXPORT_FORMAT
+    from videopoet.jobs.trainer import export_model
+    from videopoet.model.sr import SRConfig, SRTransformer
+
+    ds, run_dir = run
+    cfg = SRConfig.from_name("debug")
+    shards = {"video_tokenizer": dict(ds.meta["video_tokenizer"], sha256="0" * 64), "text_encoder": None}
+    info = {"format": EXPORT_FORMAT, "sr": to_dict(cfg), "text_slots": 16, "shards": shards, "step": 1}
+    export_model(str(tmp_path / "other_sr"), SRTransformer(cfg).state_dict(), info)
+    with pytest.raises(UserError, match="trained on tokens of another MAGVIT-v2"):
+        generate(run_dir, tmp_path / "x.mp4", "prompt=x", f"sr.checkpoints=[{tmp_path / 'other_sr'}]")

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from videopoet.core.config import load_config
-from videopoet.jobs import cli, train_lm
+from videopoet.jobs import cli, train_lm, trainer
 from videopoet.jobs.lm_data import IMAGE_TASKS, DataConfig, LMData, RowBuilder, TaskWeights
 from videopoet.model.sequences import Task
 from videopoet.model.vocab import PAD, Vocab
@@ -55,7 +55,7 @@ def lm_data(ds: F.Dataset, *, rank=0, world=1, streams=None, grad_accum=1, max_s
 
 
 def test_lr_warmup_then_cosine_to_the_floor():
-    lr = [train_lm.lr_multiplier(s, warmup=10, total=110, min_ratio=0.1) for s in range(111)]
+    lr = [trainer.lr_multiplier(s, warmup=10, total=110, min_ratio=0.1) for s in range(111)]
     assert lr[0] == pytest.approx(1 / 11) and all(a < b for a, b in zip(lr[:10], lr[1:11]))
     assert lr[10] == pytest.approx(1.0)
     assert lr[60] == pytest.approx(0.55) and lr[110] == pytest.approx(0.1)
@@ -242,7 +242,7 @@ def test_configs_load_and_document_every_key():
         cfg = load_config(train_lm.Config, str(F.REPO_ROOT / "configs" / name), ["data.url=x", "output=y"])
         assert cfg.train.max_steps >= 1
     gpu = load_config(train_lm.Config, str(F.REPO_ROOT / "configs/train_lm.yaml"), ["data.url=x", "output=y"])
-    ds_cfg = train_lm.build_ds_config(gpu.train, world_size=8, cuda=True)
+    ds_cfg = trainer.build_ds_config(gpu.train, world_size=8, cuda=True)
     assert ds_cfg["bf16"]["enabled"] and ds_cfg["zero_optimization"]["overlap_comm"]
     assert ds_cfg["train_batch_size"] == gpu.train.micro_batch * gpu.train.grad_accum * 8
     for stage in (1, 2, 3):

@@ -1,0 +1,184 @@
+"""Forward + backward throughput of the SR transformer with windowed attention against full attention, same run.
+
+    python benchmarks/sr_attention.py                                   # base size, (5, 56, 32) grid, batch 2, one GPU
+    python benchmarks/sr_attention.py --size small --batch 4 --compile
+    python benchmarks/sr_attention.py --device cpu                      # tiny CPU check (debug size, (3, 16, 16))
+
+Both models are the same `model.sr.SRTransformer` with the same weights; they differ only in their windows:
+- windowed: the paper's windows for a 2x stage, (1, 56, 4) vertical, (1, 8, 32) horizontal, (5, 8, 8)
+  temporal self-attention, and LR cross-attention windows of half the spatial size (the default config);
+- full: every window as large as the grid, i.e. global self-attention over all T x H x W HR tokens and
+  global cross-attention to all LR tokens in every layer (the same SDPA code path with one window).
+One step is the training loss (masked-token cross-entropy on a cosine-schedule-like mask of 64% of the
+positions, 64 caption embeddings, bf16 autocast on CUDA) and its backward, no optimizer; tokens/s counts
+HR positions (batch x T x H x W). Reported: tokens/s of each, the windowed / full ratio (the target is
+>= 3x on the (5, 56, 32) grid), s/step, peak GPU memory, and both models' losses (first -> last step).
+Both models stay resident and their steps alternate (warm-up steps of both first), so one-time costs and
+changes of the machine's load during the run fall on both alike.
+
+Runs from the repository root without installing the package (the root is added to sys.path when
+`import videopoet` fails); needs only torch, numpy, einops, pyyaml, safetensors and fsspec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+try:
+    import videopoet  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from videopoet.model.sr import SRConfig, SRTransformer, window_grid  # noqa: E402
+
+
+def make_batches(cfg: SRConfig, grid, batch: int, text_len: int, n: int, device) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    T, H, W = grid
+    s = cfg.scale
+    codes = 2**cfg.visual_bits
+    out = []
+    for _ in range(n):
+        out.append(
+            {
+                "hr": torch.randint(0, codes, (batch, T, H, W), generator=g).to(device),
+                "mask": (torch.rand(batch, T, H, W, generator=g) < 0.64).to(device),
+                "lr": torch.randint(0, codes, (batch, T, H // s, W // s), generator=g).to(device),
+                "text": torch.randn(batch, text_len, cfg.text_dim, generator=g).to(device),
+                "text_mask": torch.ones(batch, text_len, dtype=torch.bool).to(device),
+            }
+        )
+    return out
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def loss_step(model: SRTransformer, b: dict, device) -> float:
+    """One forward + backward of the training loss (no optimizer); returns the loss."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model.loss(b["hr"], b["mask"], b["lr"], text=b["text"], text_mask=b["text_mask"])
+    out.loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(out.loss.detach())
+
+
+def measure(models: dict[str, SRTransformer], batches: list[dict], steps: int, warmup: int, device) -> dict:
+    """Seconds per step of each model, timed in alternation (step i of every model, then step i + 1), so a
+    change in the machine's load or clocks during the run affects both alike; warm-up steps of all first."""
+    out = {name: {"losses": [], "seconds": 0.0} for name in models}
+    for i in range(warmup):
+        for name, model in models.items():
+            out[name]["losses"].append(loss_step(model, batches[i % len(batches)], device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(steps):
+        b = batches[(warmup + i) % len(batches)]
+        for name, model in models.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            out[name]["losses"].append(loss_step(model, b, device))
+            _sync(device)
+            out[name]["seconds"] += time.perf_counter() - t0
+    for r in out.values():
+        r["sec_per_step"] = r.pop("seconds") / steps
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
+    p.add_argument("--size", default=None, help="SR size: debug, small, base (default: base; debug on cpu)")
+    p.add_argument(
+        "--grid", type=int, nargs=3, default=None, help="HR token grid T H W (default 5 56 32; cpu 3 16 16)"
+    )
+    p.add_argument("--batch", type=int, default=None, help="samples per step (default 2; cpu 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per model (default 10; cpu 3)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps per model first (default 3; cpu 1)"
+    )
+    p.add_argument("--text-len", type=int, default=64, help="caption embeddings per sample")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (both models)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+
+    dev = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(dev)
+    cpu = device.type == "cpu"
+    size = args.size or ("debug" if cpu else "base")
+    grid = tuple(args.grid or ((3, 16, 16) if cpu else (5, 56, 32)))
+    batch = args.batch or (1 if cpu else 2)
+    steps = args.steps or (3 if cpu else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if cpu else 3)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    windowed_cfg = SRConfig.from_name(size)
+    full_cfg = dataclasses.replace(
+        windowed_cfg, window_vertical=grid, window_horizontal=grid, window_temporal=grid
+    )
+    batches = make_batches(windowed_cfg, grid, batch, args.text_len, 4, device)
+    results = {
+        "size": size,
+        "grid": list(grid),
+        "batch": batch,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "compile": args.compile,
+        "activation_checkpointing": args.activation_checkpointing,
+        "windows": {"windowed": window_grid(windowed_cfg, grid), "full": window_grid(full_cfg, grid)},
+    }
+    torch.manual_seed(0)
+    models = {}
+    for name, cfg in (("windowed", windowed_cfg), ("full", full_cfg)):
+        with torch.device(device):
+            model = SRTransformer(cfg)
+        if models:  # the same weights: only the attention windows differ
+            model.load_state_dict(models["windowed"].state_dict())
+        model.gradient_checkpointing = args.activation_checkpointing
+        if args.compile:
+            for block in model.blocks:
+                block.compile()
+        models[name] = model.train()
+    results["params"] = models["windowed"].num_params()
+    paths = measure(models, batches, steps, warmup, device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+    tokens = batch * grid[0] * grid[1] * grid[2]
+    print(
+        f"\nSR {size} ({results['params'] / 1e6:.1f}M params), grid {grid} x batch {batch}, {results['device']}"
+    )
+    for name in paths:
+        hr = ", ".join(str(w[0]) for w in results["windows"][name])
+        print(f"  {name:<9} windows {hr}")
+    print(f"{'attention':<10} {'tokens/s':>12} {'s/step':>9}  first -> last loss")
+    for name, r in paths.items():
+        r["tokens_per_s"] = tokens / r["sec_per_step"]
+        print(
+            f"{name:<10} {r['tokens_per_s']:>12,.0f} {r['sec_per_step']:>9.4f}  "
+            f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"
+        )
+    if peak is not None:
+        results["peak_mem_gib"] = peak
+        print(f"peak GPU memory (both models resident): {peak:.1f} GiB")
+    ratio = paths["windowed"]["tokens_per_s"] / paths["full"]["tokens_per_s"]
+    results["windowed_over_full"] = ratio
+    print(f"windowed / full forward+backward throughput: {ratio:.2f}x (target >= 3x on (5, 56, 32))")
+    results["paths"] = paths
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
