@@ -26,6 +26,7 @@ from videopoet.core.errors import UserError
 
 # Subcommand -> module under videopoet.jobs. A job is listed here when it works, never before.
 JOBS: dict[str, str] = {
+    "demo": "demo",
     "sample-data": "sample_data",
     "curate": "curate",
     "train-tokenizer": "train_tokenizer",

@@ -94,7 +94,8 @@ def _hist(values: list[float], bins: int = 20) -> dict:
     if not values:
         return {"edges": [], "counts": []}
     lo, hi = float(min(values)), float(max(values))
-    if hi <= lo:  # one value: a bin centred on it
+    # one value (up to float noise: window durations are end - start, 2.125 +- 1e-16): a bin centred on it
+    if hi - lo <= 1e-9 * max(1.0, abs(lo)):
         lo, hi = lo - 0.5, lo + 0.5
     counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
     return {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist()}
