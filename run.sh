@@ -26,5 +26,15 @@ UV=$(find_uv) || {
   UV=$(find_uv) || { echo "run.sh: uv installed but not found on PATH or ~/.local/bin" >&2; exit 1; }
 }
 
+# Sync .venv from uv.lock when the lock, pyproject.toml or the venv changed since the last sync, then run
+# without re-checking (a re-check reinstalls decord on every call: its wheel's tags do not match its name).
 # --extra dev: tests and lint live in the same environment; harmless for the main job.
-exec "$UV" run --frozen --extra dev "$@"
+STAMP=.venv/.run-sh-synced
+KEY=$(cat uv.lock pyproject.toml | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-64)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$KEY" ]; then
+  [ -x .venv/bin/python ] || echo "run.sh: creating .venv from uv.lock (one time; the first run downloads" \
+    "about 3 GB: torch and its CUDA libraries, which also run on CPU-only machines)" >&2
+  "$UV" sync --frozen --extra dev
+  echo "$KEY" >"$STAMP"
+fi
+exec "$UV" run --frozen --extra dev --no-sync "$@"

@@ -24,3 +24,41 @@ def get_logger(name: str = "videopoet") -> logging.Logger:
         root.propagate = False
         _CONFIGURED = True
     return logging.getLogger(name if name.startswith("videopoet") else f"videopoet.{name}")
+
+
+class Progress:
+    """Rate-limited progress lines for a streaming loop: `done / total` units, rate and time left.
+
+    `update(done, **extra)` logs at most once per `interval` seconds (and `finish()` once at the end), so a
+    long step that commits nothing for minutes still shows that it is moving and how fast.
+    """
+
+    def __init__(self, what: str, total: int, unit: str, interval: float = 15.0, logger=None):
+        import time
+
+        self.what, self.total, self.unit, self.interval = what, total, unit, interval
+        self.log = logger or get_logger("videopoet.progress")
+        self._clock = time.monotonic
+        self.start = self._last = self._clock()
+        self.done = 0
+        self.extra: dict = {}
+
+    def line(self) -> str:
+        elapsed = max(self._clock() - self.start, 1e-9)
+        rate = self.done / elapsed
+        parts = [f"{self.what}: {self.done}/{self.total} {self.unit}"]
+        parts += [f"{v} {k}" for k, v in self.extra.items()]
+        parts.append(f"{elapsed:.0f} s")
+        if 0 < self.done < self.total and rate > 0:
+            parts.append(f"~{(self.total - self.done) / rate:.0f} s left")
+        return ", ".join(parts)
+
+    def update(self, done: int, **extra) -> None:
+        self.done, self.extra = done, extra
+        now = self._clock()
+        if now - self._last >= self.interval:
+            self._last = now
+            self.log.info("%s", self.line())
+
+    def finish(self) -> None:
+        self.log.info("%s (done)", self.line())

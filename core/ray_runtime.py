@@ -27,6 +27,7 @@ environment per worker, is turned off (see `_keep_workers_on_this_interpreter`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -186,6 +187,34 @@ def _keep_workers_on_this_interpreter() -> None:
         ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
 
 
+class _DropNotices(logging.Filter):
+    """Drops Ray log records that tell a user of this project nothing they can act on."""
+
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(f in msg for f in self.fragments)
+
+
+_NOTICES = {
+    # every new local Ray turns token authentication on (kept: it is the safe default) and warns that it did
+    "ray._private.authentication.authentication_token_setup": "Token authentication is enabled for this Ray",
+    # every plan here has long fused stage names, which Ray Data shortens for its progress lines
+    "ray.data._internal.progress.utils": "Truncating long operator name",
+}
+
+
+def _quiet_ray_notices() -> None:
+    """Drop Ray's start-up notices that every job would print and nobody can act on (idempotent)."""
+    for name, fragment in _NOTICES.items():
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in lg.filters):
+            lg.addFilter(_DropNotices(fragment))
+
+
 def init_ray(cfg: RayConfig | None = None) -> RaySession:
     """Connect this process to Ray as described in the module docstring. Safe to call more than once."""
     import ray
@@ -197,6 +226,7 @@ def init_ray(cfg: RayConfig | None = None) -> RaySession:
         return session
 
     _keep_workers_on_this_interpreter()
+    _quiet_ray_notices()
     env_address = os.environ.get("RAY_ADDRESS", "").strip()
     address = cfg.address if cfg.address is not None else (env_address or "local")
     if address != "local":

@@ -24,7 +24,7 @@ import pyarrow as pa
 from videopoet.core.config import check, save_config
 from videopoet.core.errors import UserError
 from videopoet.core.io import atomic_write_text, join
-from videopoet.core.log import get_logger
+from videopoet.core.log import Progress, get_logger
 from videopoet.core.ray_runtime import RayConfig, init_ray
 from videopoet.pipelines.audio import AudioConfig, AudioExtractStage
 from videopoet.pipelines.base import OK, Stage
@@ -168,15 +168,21 @@ def run_partitions(cfg: Config, state: RunState, plan: list[dict]) -> int:
     collector = _Collector(pending)
     expected = {p: set(ids) for p, ids in collector.inputs_of.items()}
     committed = 0
+    rows = 0
+    progress = Progress("curate", len(pending), "inputs", logger=log)
     for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
         for row in batch.to_dict("records"):
+            rows += 1
             p = collector.add(_clean(row))
             if p is not None:
                 _commit(state, p, collector.take(p), expected[p])
                 committed += 1
+            progress.update(len(collector.complete), rows=rows, partitions=committed)
     for p in sorted(collector.inputs_of):  # anything left: commit with the lost inputs recorded
         _commit(state, p, collector.take(p), expected[p])
         committed += 1
+    progress.update(len(collector.complete), rows=rows, partitions=committed)
+    progress.finish()
     return committed
 
 

@@ -223,7 +223,13 @@ def read_image(path: str, size: tuple[int, int] | None, sizes: list) -> np.ndarr
 
     if not os.path.isfile(path):
         raise UserError(f"input image {path} does not exist")
-    img = Image.open(path).convert("RGB")
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+        raise UserError(
+            f"cannot read {path} as an image ({type(e).__name__}: {e}); give a PNG, JPEG or WebP file"
+        ) from None
     tw, th = size or choose_size(img.width, img.height, sizes)
     cw, ch = cover_size(img.width, img.height, tw, th)
     return crop_center(np.asarray(img.resize((cw, ch), Image.BICUBIC)), tw, th)[None]

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from videopoet.core.config import check, save_config
 from videopoet.core.errors import UserError
 from videopoet.core.io import atomic_write_text, exists, join, read_text
-from videopoet.core.log import get_logger
+from videopoet.core.log import Progress, get_logger
 from videopoet.core.ray_runtime import RayConfig, init_ray
 from videopoet.pipelines.base import OK, Stage
 from videopoet.pipelines.commit import RunState, read_parquet_dir, write_parquet
@@ -455,10 +455,12 @@ def run_partitions(cfg: Config, state: RunState, pending: list[dict], meta: dict
     committer = _Committer(cfg, state, meta, {r["clip_id"]: r for r in pending})
     committed = 0
     windows = 0
+    progress = Progress("tokenize", len(pending), "clips", logger=log)
     for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
         windows += len(batch)
         for row in batch.to_dict("records"):
             p = collector.add(row)
+            progress.update(len(collector.complete), windows=windows, shards=committed)
             if p is not None:
                 info = committer.commit(p, collector.take(p), expected[p])
                 committed += 1
@@ -468,6 +470,8 @@ def run_partitions(cfg: Config, state: RunState, pending: list[dict], meta: dict
     for p in sorted(collector.clips_of):  # anything left: commit with the lost clips recorded
         committer.commit(p, collector.take(p), expected[p])
         committed += 1
+    progress.update(len(collector.complete), windows=windows, shards=committed)
+    progress.finish()
     return {"partitions": committed, "rows": windows}
 
 

@@ -132,6 +132,22 @@ def resolve_vocab(cfg: ModelSection, meta: dict) -> Vocab:
     return Vocab(**values)
 
 
+def vocab_hint(cfg: ModelSection, meta: dict) -> str:
+    """What to change when the config pins a vocabulary smaller than the shards' (e.g. the debug config's
+    10-bit MAGVIT-v2 against shards of the committed 18-bit tokenizer)."""
+    shard_vocab = meta.get("vocab") or {}
+    keys = [
+        k
+        for k in ("visual_bits", "audio_levels", "audio_codebook_size")
+        if getattr(cfg, k) is not None and shard_vocab.get(k) is not None and getattr(cfg, k) < shard_vocab[k]
+    ]
+    if not keys:
+        return ""
+    pinned = ", ".join(f"model.{k}={getattr(cfg, k)} (shards: {shard_vocab[k]})" for k in keys)
+    unset = " ".join(f"model.{k}=null" for k in keys)
+    return f" The config pins {pinned}: pass {unset} to take the vocabulary from the shards."
+
+
 def expected_meta(cfg: Config, vocab: Vocab, text_dim: int) -> dict:
     """What every shard must fit (`ShardReader.check_compatible`; None = not checked)."""
     return {
@@ -205,7 +221,10 @@ def main(cfg: Config) -> dict:
         rank=rank,
         world_size=world,
     )
-    data.check_compatible(expected_meta(cfg, vocab, lm_cfg.text_dim))
+    try:
+        data.check_compatible(expected_meta(cfg, vocab, lm_cfg.text_dim))
+    except UserError as e:
+        raise UserError(f"{e}{vocab_hint(cfg.model, meta)}") from None
 
     info = D.init_distributed()
     prepare_output(cfg, info)

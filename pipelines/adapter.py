@@ -53,12 +53,20 @@ def apply_stages(ds: ray.data.Dataset, stages: list[Stage]) -> ray.data.Dataset:
         if res.memory_mb:
             kwargs["memory"] = res.memory_mb * 1024 * 1024
         if stage.stateful or res.gpus:
-            ds = ds.map_batches(
-                _actor_class(stage), concurrency=stage.concurrency or (1, _max_actors(res)), **kwargs
-            )
+            ds = ds.map_batches(_actor_class(stage), compute=_actor_pool(stage.concurrency, res), **kwargs)
         else:
             ds = ds.map_batches(_task_fn(stage), **kwargs)
     return ds
+
+
+def _actor_pool(concurrency: int | tuple[int, int] | None, res):
+    """A fixed pool of `concurrency` actors, or an autoscaling (min, max) one (default: 1 up to what fits)."""
+    from ray.data import ActorPoolStrategy
+
+    if isinstance(concurrency, int):
+        return ActorPoolStrategy(size=concurrency)
+    lo, hi = concurrency or (1, _max_actors(res))
+    return ActorPoolStrategy(min_size=lo, max_size=hi)
 
 
 def _max_actors(res) -> int:

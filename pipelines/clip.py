@@ -61,6 +61,9 @@ class ClipConfig:
     passes_per_call: int = 4
     """Forward passes per stage call: a Ray batch holds passes_per_call * batch_size // num_frames rows, and
     on a GPU the host work of one pass (copying frames, results) overlaps the forward of the previous one."""
+    fill_threads: int = 4
+    """Threads that copy one pass's frames into pinned host memory on a GPU worker (the copy of a pass is split
+    across them; they release the GIL, so a pass's 256 x 224 x 224 x 3 bytes arrive in a fraction of its forward)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs. auto = one GPU per worker when the cluster (or this machine) has GPUs, else CPU."""
     cpus: float = 4.0
@@ -83,6 +86,7 @@ class ClipConfig:
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         check(self.passes_per_call >= 1, "passes_per_call", self.passes_per_call, ">= 1")
+        check(self.fill_threads >= 1, "fill_threads", self.fill_threads, ">= 1")
         check(self.cpus > 0, "cpus", self.cpus, "> 0")
         check(self.num_frames >= 1, "num_frames", self.num_frames, ">= 1")
         check(
@@ -388,6 +392,8 @@ class ClipScoreStage(Stage):
         self._bufs: dict[int, torch.Tensor] = {}
         # on a GPU, frames of the next passes are copied into pinned memory while this thread launches
         self._fill_pool = ThreadPoolExecutor(2, thread_name_prefix="clip-fill")
+        # ... each pass's copy split across fill_threads copier threads
+        self._copy_pool = ThreadPoolExecutor(self.cfg.fill_threads, thread_name_prefix="clip-copy")
         # tokenizing (ftfy + BPE, ~0.2 ms a caption) runs on this thread while the image forward runs
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="clip-tokenize")
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -437,8 +443,21 @@ class ClipScoreStage(Stage):
             if event is not None:
                 event.synchronize()
         buf = self._staging(k % 2, shape)
-        for lo, hi, src in jobs:
-            buf[lo:hi].copy_(torch.from_numpy(np.ascontiguousarray(src)))
+
+        def copy(part) -> None:
+            for lo, hi, src in part:
+                buf[lo:hi].copy_(torch.from_numpy(np.ascontiguousarray(src)))
+
+        n = min(self.cfg.fill_threads, len(jobs))
+        if n <= 1:
+            copy(jobs)
+        else:  # contiguous runs of about equal frame counts, one per copier thread
+            bounds = np.searchsorted(
+                np.cumsum([hi - lo for lo, hi, _ in jobs]), np.arange(1, n) * shape[0] / n
+            )
+            parts = [p for p in np.split(np.arange(len(jobs)), bounds) if len(p)]
+            for f in [self._copy_pool.submit(copy, [jobs[i] for i in p]) for p in parts]:
+                f.result()
         return buf
 
     def _launch_images(self, groups: list[list[np.ndarray]]) -> Callable[[], np.ndarray]:

@@ -188,7 +188,7 @@ class PoolConfig:
     captions one at a time): a window's tokens then never depend on which other windows shared its batch.
     Without it, floating-point differences between batch shapes flip near-tie codes, so a resumed run
     could differ from an uninterrupted one in a few tokens. false: less compute on small runs."""
-    memory_mb: int | None = 2048
+    memory_mb: int | None = 3072
     """Memory Ray reserves per worker for its models and batches (MiB). Declaring it also keeps Ray Data
     from fusing the decode tasks into these workers (it fuses stages with equal resources), so decoding
     overlaps tokenizing on CPU-only machines too. null: reserve nothing."""

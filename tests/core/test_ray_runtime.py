@@ -201,3 +201,19 @@ def test_local_ray_under_uv_run_keeps_workers_on_this_venv():
     got = json.loads(lines[0].removeprefix("RESULT "))
     assert Path(got["python"]).parent == Path(sys.executable).parent, got
     assert Path(got["videopoet"]).resolve() == REPO_ROOT, got
+
+
+def test_rays_non_actionable_start_notices_are_dropped_and_others_kept(caplog):
+    import logging
+
+    from videopoet.core import ray_runtime
+
+    ray_runtime._quiet_ray_notices()
+    ray_runtime._quiet_ray_notices()  # idempotent: one filter per logger
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    assert sum(isinstance(f, ray_runtime._DropNotices) for f in auth.filters) == 1
+    with caplog.at_level(logging.WARNING):
+        auth.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled ...")
+        auth.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+        logging.getLogger("ray.data._internal.progress.utils").warning("Truncating long operator name to 100")
+    assert [r.getMessage()[:40] for r in caplog.records] == ["Token authentication is disabled for thi"]

@@ -198,3 +198,13 @@ def test_refuses_an_sr_stage_trained_on_another_tokenizer(run, tmp_path):
     export_model(str(tmp_path / "other_sr"), SRTransformer(cfg).state_dict(), info)
     with pytest.raises(UserError, match="trained on tokens of another MAGVIT-v2"):
         generate(run_dir, tmp_path / "x.mp4", "prompt=x", f"sr.checkpoints=[{tmp_path / 'other_sr'}]")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a picture", b"\x89PNG\r\n\x1a\n truncated"])
+def test_a_bad_input_image_is_a_user_error_naming_the_file(tmp_path, content):
+    bad = tmp_path / "not an image.png"
+    bad.write_bytes(content)
+    with pytest.raises(UserError, match="not an image.png.*PNG, JPEG or WebP"):
+        G.read_image(str(bad), None, [(64, 64)])
+    with pytest.raises(UserError, match="does not exist"):
+        G.read_image(str(tmp_path / "missing.png"), None, [(64, 64)])
