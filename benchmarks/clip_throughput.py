@@ -60,13 +60,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--passes", type=int, default=4, help="forward passes per stage call (clip.passes_per_call)"
     )
-    p.add_argument("--fill-threads", type=int, default=4, help="frame copier threads (clip.fill_threads)")
     p.add_argument("--frame-size", type=int, default=224, help="H = W of the frames in the rows")
     p.add_argument(
         "--captions",
         action="store_true",
         help="give every row its own caption (adds tokenizing + encode_text; caption cache cleared each call)",
     )
+    p.add_argument("--cprofile", action="store_true", help="also print a cProfile of the stage calls")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args(argv)
@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> dict:
             batch_size=args.batch_size,
             num_frames=args.num_frames,
             passes_per_call=args.passes,
-            fill_threads=args.fill_threads,
             cache_dir=os.path.join(tmp, "cache"),
         )
         stage = ClipScoreStage(cfg)
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         t_dma = _timeit(lambda: dev_buf.copy_(buf, non_blocking=True), device, args.iters, 1)
         t_prep = _timeit(lambda: stage._to_model_input(dev_buf), device, args.iters, 1)
         print(
-            f"per pass of {args.batch_size} images: fill {t_fill * 1e3:.2f} ms ({args.fill_threads} threads), "
+            f"per pass of {args.batch_size} images: fill {t_fill * 1e3:.2f} ms, "
             f"host->device {t_dma * 1e3:.2f} ms, normalize {t_prep * 1e3:.2f} ms"
         )
 
@@ -146,6 +145,17 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(2):
         t_bare.append(_timeit(bare, device, args.iters, args.warmup))
         t_full.append(_timeit(full, device, args.iters, args.warmup))
+    if args.cprofile:  # where the stage's host time goes, by Python function
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.iters):
+            full()
+        _sync(device)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
     bare_ips = args.batch_size / min(t_bare)
     full_ips = n_images / min(t_full)
 

@@ -88,6 +88,20 @@ def time_steps(step_fn, batches, steps: int, warmup: int, device) -> tuple[float
     return (time.perf_counter() - t0) / steps, losses
 
 
+def profile_steps(step_fn, batches, device, steps: int, what: str) -> str:
+    """torch.profiler over `steps` more steps: the top kernels / ops by device time, as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(steps):
+            step_fn(batches[i % len(batches)])
+        _sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
+    return f"\n== profile: {what}, {steps} steps ==\n{table}"
+
+
 def build_model(args, vocab: Vocab, device) -> VideoPoetLM:
     overrides = {"vocab_size": vocab.size, "max_seq_len": max(args.seq_len, 2)}
     if args.text_dim:
@@ -116,8 +130,8 @@ def run_deepspeed(args, vocab, batches, device) -> dict:
         os.path.join(REPO, "configs", "ds", f"zero{args.zero}.json"),
         {
             "train_micro_batch_size_per_gpu": args.micro_batch,
-            "gradient_accumulation_steps": 1,
-            "train_batch_size": args.micro_batch,
+            "gradient_accumulation_steps": args.grad_accum,
+            "train_batch_size": args.micro_batch * args.grad_accum,
             "bf16.enabled": cuda,
             "optimizer.params.lr": 1e-4,
             "zero_optimization.overlap_comm": cuda,
@@ -136,6 +150,8 @@ def run_deepspeed(args, vocab, batches, device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     sec, losses = time_steps(step, batches, args.steps, args.warmup, device)
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    if args.profile:
+        print(profile_steps(step, batches, device, args.profile, "deepspeed"), flush=True)
     return {
         "sec_per_step": sec,
         "losses": losses,
@@ -162,6 +178,8 @@ def run_plain(args, vocab, batches, device) -> dict:
         fused=fused(args, device),
     )
 
+    micro = [0]
+
     def step(b):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             out = model.loss(
@@ -172,16 +190,20 @@ def run_plain(args, vocab, batches, device) -> dict:
                 prefix_len=b["prefix_len"],
                 chunk_size=args.ce_chunk,
             )
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        (out.loss / args.grad_accum).backward()
+        micro[0] += 1
+        if micro[0] % args.grad_accum == 0:  # an optimizer step every grad_accum micro-batches, as DeepSpeed
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         return float(out.loss.detach())
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     sec, losses = time_steps(step, batches, args.steps, args.warmup, device)
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    if args.profile:
+        print(profile_steps(step, batches, device, args.profile, "plain"), flush=True)
     return {"sec_per_step": sec, "losses": losses, "flops_per_token": flops, "peak_mem_gib": mem}
 
 
@@ -192,6 +214,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per path first")
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step (both paths; a 'step' in the output is one micro-batch)",
+    )
     p.add_argument("--zero", type=int, default=2, choices=(1, 2, 3))
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (both paths)")
@@ -200,7 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--debug-vocab", action="store_true", help="the 1,408-id debug vocabulary")
     p.add_argument("--peak-flops", type=float, default=989e12, help="per-device peak FLOP/s for MFU")
     p.add_argument("--skip-deepspeed", action="store_true", help="only the plain loop")
+    p.add_argument("--skip-plain", action="store_true", help="only the DeepSpeed path (no same-run baseline)")
     p.add_argument("--no-fused-adam", action="store_true", help="foreach AdamW instead of fused (both paths)")
+    p.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps per path")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -219,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         "size": args.size,
         "seq_len": args.seq_len,
         "micro_batch": args.micro_batch,
+        "grad_accum": args.grad_accum,
         "zero": args.zero,
         "vocab": vocab.size,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
@@ -238,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
         gc.collect()  # the engine and its optimizer state go before the plain model is built
         if cuda:
             torch.cuda.empty_cache()
-    paths["plain"] = run_plain(args, vocab, batches, device)
+    if not args.skip_plain:
+        paths["plain"] = run_plain(args, vocab, batches, device)
     print(
         f"\nLM {args.size}, vocab {vocab.size}, {args.micro_batch} x {args.seq_len} tokens, {results['device']}"
     )
@@ -251,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{name:<10} {r['tokens_per_s']:>12,.0f} {100 * r['mfu']:>7.2f}% {r['sec_per_step']:>9.4f} {mem:>9}  "
             f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"
         )
-    if "deepspeed" in paths:
+    if "deepspeed" in paths and "plain" in paths:
         ratio = paths["deepspeed"]["tokens_per_s"] / paths["plain"]["tokens_per_s"]
         results["deepspeed_over_plain"] = ratio
         print(f"deepspeed / plain throughput: {ratio:.3f}")

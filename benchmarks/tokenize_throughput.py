@@ -70,8 +70,9 @@ def bare_encode(magvit: str, windows: int, batch: int, device: str, threads: int
     from videopoet.tokenizers.magvit2 import MagvitV2
 
     torch.set_num_threads(threads)
-    model = MagvitV2.from_pretrained(magvit, device=device)
-    x = torch.rand(batch, 3, 17, 128, 128, device=device) * 2 - 1
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32  # what the job's GPU workers use
+    model = MagvitV2.from_pretrained(magvit, device=device, dtype=dtype)
+    x = (torch.rand(batch, 3, 17, 128, 128, device=device) * 2 - 1).to(dtype)
     with torch.inference_mode():
         model.encode(x)  # warm-up
         if device.startswith("cuda"):
@@ -102,6 +103,7 @@ def config(curated: Path, out: Path, args, extra: list[str]):
             f"pool.device={args.device.split(':')[0]}",
             f"pool.cpus={args.threads}",
             f"pool.pad_batches={str(not args.no_pad).lower()}",
+            *(["text.enabled=false"] if args.no_text else []),
             *extra,
         ],
     )
@@ -137,7 +139,8 @@ def path_ray(root: Path, args) -> float:
     from videopoet.core.ray_runtime import RayConfig, init_ray
     from videopoet.jobs import tokenize_shards
 
-    init_ray(RayConfig(num_cpus=args.threads + 1, object_store_memory_mb=512, log_to_driver=False))
+    cpus = args.ray_cpus or args.threads + 1
+    init_ray(RayConfig(num_cpus=cpus, object_store_memory_mb=max(512, 256 * cpus), log_to_driver=False))
     small, large = max(1, args.batch_windows), args.clips
     wall = {}
     for n in (small, small, large):  # the first run warms caches (imports, files) that later runs reuse
@@ -164,6 +167,14 @@ def main() -> None:
     ap.add_argument("--magvit", default=None, help="MAGVIT-v2 checkpoint (default: a debug one made here)")
     ap.add_argument("--soundstream", default=None, help="SoundStream checkpoint (default: a debug one)")
     ap.add_argument("--ray", action="store_true", help="also time the real job on an embedded Ray")
+    ap.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=None,
+        help="CPUs of the embedded Ray (default: --threads + 1, one decode task beside the worker; on a GPU "
+        "machine give its cores so decode tasks run in parallel)",
+    )
+    ap.add_argument("--no-text", action="store_true", help="text.enabled=false (no caption encoder)")
     ap.add_argument("--no-pad", action="store_true", help="pool.pad_batches=false (short batches not padded)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="videopoet-tok-bench-"))

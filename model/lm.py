@@ -18,7 +18,7 @@ sees an output. No dense float T x T mask is built. Which path runs (`LMConfig.a
 | prefix lengths in the batch | "sdpa" (default) | "flex" | "dense" |
 |---|---|---|---|
 | none / all 0 | SDPA `is_causal=True` | same as sdpa | bool mask |
-| all equal (p) | split: SDPA over the p prefix queries x p prefix keys (no mask), then SDPA of the other queries over all keys with a lower-right causal bias (`causal_lower_right`, flash-able) | same as sdpa | bool mask |
+| all equal (p) | split: SDPA over the p prefix queries x p prefix keys (no mask) and, for the other queries, causal SDPA over the whole sequence (its first p rows dropped) when queries and keys are the same positions (training, prefill); with a KV cache, SDPA of the other queries over all keys with a lower-right causal bias (`causal_lower_right`) | same as sdpa | bool mask |
 | different | the split path per group of equal p (tasks have few distinct prefix lengths) | `flex_attention` with a block mask (compiled on CUDA; eager elsewhere, which materializes the scores: tests only) | bool mask |
 
 Checked on torch 2.15 (CPU): `flex_attention` runs eagerly but warns that it is unfused and materializes
@@ -229,6 +229,14 @@ def _split_attention(q: Tensor, k: Tensor, v: Tensor, q_start: int, prefix: int)
     q `(B, nh, Tq, hs)` holds positions `[q_start, q_start + Tq)`, k/v `(B, nh, Tk, hs)` positions `[0, Tk)`.
     """
     Tq, Tk = q.shape[2], k.shape[2]
+    if q_start == 0 and Tq == Tk and 0 < prefix < Tq:
+        # Training / full prefill: a query after the prefix sees exactly the keys causal attention gives it,
+        # so one causal flash call over the whole sequence serves them (its first `prefix` rows are
+        # recomputed below bidirectionally; ~prefix/T extra work) - two top-left-causal or unmasked flash
+        # calls, no lower-right bias (which torch.compile cannot trace without a graph break).
+        full = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        pre = F.scaled_dot_product_attention(q[:, :, :prefix], k[:, :, :prefix], v[:, :, :prefix])
+        return torch.cat([pre, full[:, :, prefix:]], dim=2)
     n_pre = min(max(prefix - q_start, 0), Tq)  # queries inside the prefix
     outs = []
     if n_pre:
@@ -357,27 +365,103 @@ class LMLoss:
     """`(B,)` int64 target tokens per sequence."""
 
 
-def _ce(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
-    logits = F.linear(h, weight).float()  # (n, V)
-    return F.cross_entropy(logits, targets, reduction="none")  # (n,)
+def _acc(x: Tensor) -> Tensor:
+    """`x` in the softmax's dtype: fp32 for half types, as it is for fp32 / fp64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _chunk_lse(logits: Tensor) -> Tensor:
+    """Log-sum-exp (fp32 or wider) of each row of a `(N, Vc)` logits chunk."""
+    return torch.logsumexp(_acc(logits), dim=-1)
+
+
+def _chunk_grad(logits: Tensor, lse: Tensor, t_local: Tensor, g: Tensor) -> Tensor:
+    """d loss / d logits of a `(N, Vc)` chunk: (softmax - one_hot(target)) x upstream grad, in the logits' dtype.
+    `t_local` is each row's target index inside the chunk (out of range: the target is in another chunk)."""
+    cols = torch.arange(logits.shape[1], device=logits.device)
+    one_hot = (cols[None, :] == t_local[:, None]).to(lse.dtype)
+    return ((torch.exp(_acc(logits) - lse[:, None]) - one_hot) * g[:, None]).to(logits.dtype)
+
+
+_FUSED: dict[str, object] = {}
+
+
+def _fused(name: str, fn, cuda: bool):
+    """`fn` compiled with Inductor on CUDA (one fused pass over a chunk instead of 4-5), eager elsewhere."""
+    if not cuda:
+        return fn
+    if name not in _FUSED:
+        _FUSED[name] = torch.compile(fn, dynamic=False)
+    return _FUSED[name]
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy of `h @ weight.T` without materializing `(N, V)` logits or their gradient.
+
+    The vocabulary is cut into column chunks. Forward: each chunk's logits give a running log-sum-exp and the
+    target's logit. Backward: each chunk's logits are recomputed, turned into their gradient in one fused
+    pass, and give the chunk's rows of d weight (written once, no accumulation over chunks) and a term of
+    d h (`N x d`, small). The matmuls run in the autocast dtype when autocast is on (weights cast once per
+    call), softmax and loss in fp32. Same FLOPs as a checkpointed head, a fraction of the memory traffic.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk_cols: int) -> Tensor:
+        dev = h.device.type
+        cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        with torch.autocast(dev, enabled=False):
+            x, w = h.to(cdtype), weight.to(cdtype)
+            N, V = x.shape[0], w.shape[0]
+            acc = torch.float64 if cdtype == torch.float64 else torch.float32
+            lse = torch.full((N,), -math.inf, device=h.device, dtype=acc)
+            tgt = torch.zeros(N, device=h.device, dtype=acc)
+            lse_fn = _fused("lse", _chunk_lse, h.is_cuda)
+            for v0 in range(0, V, chunk_cols):
+                logits = x @ w[v0 : v0 + chunk_cols].T  # (N, Vc)
+                lse = torch.logaddexp(lse, lse_fn(logits))
+                t_local = targets - v0
+                inside = (t_local >= 0) & (t_local < logits.shape[1])
+                picked = logits.gather(1, t_local.clamp(0, logits.shape[1] - 1)[:, None]).squeeze(1)
+                tgt = torch.where(inside, picked.to(acc), tgt)
+        ctx.save_for_backward(x, w, targets, lse)
+        ctx.chunk_cols, ctx.h_dtype, ctx.w_dtype = chunk_cols, h.dtype, weight.dtype
+        return lse - tgt
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, w, targets, lse = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dev = x.device.type
+        grad_fn = _fused("grad", _chunk_grad, x.is_cuda)
+        dh = torch.zeros(x.shape, device=x.device, dtype=lse.dtype) if need_h else None
+        dw = torch.empty(w.shape, device=w.device, dtype=ctx.w_dtype) if need_w else None
+        g = g.to(lse.dtype).contiguous()
+        with torch.autocast(dev, enabled=False):
+            for v0 in range(0, w.shape[0], ctx.chunk_cols):
+                wc = w[v0 : v0 + ctx.chunk_cols]
+                grad = grad_fn(x @ wc.T, lse, targets - v0, g)  # (N, Vc) in the compute dtype
+                if need_h:
+                    dh += grad @ wc
+                if need_w:
+                    dw[v0 : v0 + ctx.chunk_cols] = grad.T @ x
+        return (dh.to(ctx.h_dtype) if need_h else None), dw, None, None
 
 
 def chunked_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
-    """Per-token cross-entropy `(N,)` (fp32) of `h @ weight.T` `(N, V)` against `targets`, chunk by chunk.
+    """Per-token cross-entropy `(N,)` (fp32; fp64 for fp64 inputs) of `h @ weight.T` `(N, V)` against `targets`.
 
-    Each chunk's projection + CE runs under activation checkpointing, so neither the forward nor the
-    backward holds more than one chunk's `chunk_size x V` logits (at V = 266,496 the logits of 6 x 1280
-    tokens alone are ~8 GB in fp32; see docs MEASURED.md).
+    At most `chunk_size x V` logits exist at once (as many as `chunk_size` tokens' full rows): the head runs
+    over column chunks of the vocabulary (`_LinearCrossEntropy`), so neither the forward nor the backward
+    holds the `N x V` logits (at V = 266,496 the fp32 logits of 6 x 1280 tokens alone are ~8 GB).
     """
     assert h.dim() == 2 and targets.shape == h.shape[:1], (h.shape, targets.shape)
-    if h.shape[0] == 0:
+    N, V = h.shape[0], weight.shape[0]
+    if N == 0:
         return h.new_zeros(0, dtype=torch.float32)
-    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    out = []
-    for s in range(0, h.shape[0], chunk_size):
-        args = (h[s : s + chunk_size], weight, targets[s : s + chunk_size])
-        out.append(checkpoint(_ce, *args, use_reentrant=False) if grad else _ce(*args))
-    return torch.cat(out)
+    cols = max(1, min(V, (chunk_size * V) // N))
+    if cols < V:  # equal chunks (one compiled shape on CUDA, plus the remainder)
+        cols = -(-V // -(-V // cols))
+    return _LinearCrossEntropy.apply(h, weight, targets, cols)
 
 
 class VideoPoetLM(nn.Module):

@@ -61,9 +61,6 @@ class ClipConfig:
     passes_per_call: int = 4
     """Forward passes per stage call: a Ray batch holds passes_per_call * batch_size // num_frames rows, and
     on a GPU the host work of one pass (copying frames, results) overlaps the forward of the previous one."""
-    fill_threads: int = 4
-    """Threads that copy one pass's frames into pinned host memory on a GPU worker (the copy of a pass is split
-    across them; they release the GIL, so a pass's 256 x 224 x 224 x 3 bytes arrive in a fraction of its forward)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs. auto = one GPU per worker when the cluster (or this machine) has GPUs, else CPU."""
     cpus: float = 4.0
@@ -86,7 +83,6 @@ class ClipConfig:
         )
         check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         check(self.passes_per_call >= 1, "passes_per_call", self.passes_per_call, ">= 1")
-        check(self.fill_threads >= 1, "fill_threads", self.fill_threads, ">= 1")
         check(self.cpus > 0, "cpus", self.cpus, "> 0")
         check(self.num_frames >= 1, "num_frames", self.num_frames, ">= 1")
         check(
@@ -392,8 +388,7 @@ class ClipScoreStage(Stage):
         self._bufs: dict[int, torch.Tensor] = {}
         # on a GPU, frames of the next passes are copied into pinned memory while this thread launches
         self._fill_pool = ThreadPoolExecutor(2, thread_name_prefix="clip-fill")
-        # ... each pass's copy split across fill_threads copier threads
-        self._copy_pool = ThreadPoolExecutor(self.cfg.fill_threads, thread_name_prefix="clip-copy")
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         # tokenizing (ftfy + BPE, ~0.2 ms a caption) runs on this thread while the image forward runs
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="clip-tokenize")
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -443,21 +438,8 @@ class ClipScoreStage(Stage):
             if event is not None:
                 event.synchronize()
         buf = self._staging(k % 2, shape)
-
-        def copy(part) -> None:
-            for lo, hi, src in part:
-                buf[lo:hi].copy_(torch.from_numpy(np.ascontiguousarray(src)))
-
-        n = min(self.cfg.fill_threads, len(jobs))
-        if n <= 1:
-            copy(jobs)
-        else:  # contiguous runs of about equal frame counts, one per copier thread
-            bounds = np.searchsorted(
-                np.cumsum([hi - lo for lo, hi, _ in jobs]), np.arange(1, n) * shape[0] / n
-            )
-            parts = [p for p in np.split(np.arange(len(jobs)), bounds) if len(p)]
-            for f in [self._copy_pool.submit(copy, [jobs[i] for i in p]) for p in parts]:
-                f.result()
+        for lo, hi, src in jobs:
+            buf[lo:hi].copy_(torch.from_numpy(np.ascontiguousarray(src)))
         return buf
 
     def _launch_images(self, groups: list[list[np.ndarray]]) -> Callable[[], np.ndarray]:
@@ -466,7 +448,8 @@ class ClipScoreStage(Stage):
         (sum n_i, D) float32 L2-normalized embeddings, rows in the order given.
 
         On a GPU nothing here waits for the forward passes: two filler threads copy the next passes' frames
-        into pinned buffers while this thread launches the current pass, and each pass's embeddings come back
+        into pinned buffers while this thread launches the current pass, a side stream moves them to the GPU
+        while the previous pass runs, and each pass's embeddings come back
         by an async copy into pinned memory.
         """
         import threading
@@ -501,13 +484,16 @@ class ClipScoreStage(Stage):
         with torch.inference_mode():
             for k, (_, _, row0) in enumerate(passes):
                 buf = filled.pop(k)
-                if cuda:
+                if cuda:  # the copy runs on a side stream, overlapping the previous pass's forward
                     buf = buf.result()
-                    x = torch.empty_like(buf, device=self.device)
-                    x.copy_(buf, non_blocking=True)
                     issued, event = dma_done[k]
-                    event.record()
+                    with torch.cuda.stream(self._copy_stream):
+                        x = buf.to(self.device, non_blocking=True)
+                        event.record(self._copy_stream)
                     issued.set()
+                    compute = torch.cuda.current_stream(self.device)
+                    compute.wait_event(event)  # this pass's forward waits for its own frames only
+                    x.record_stream(compute)  # x was allocated on the copy stream, is freed after the forward
                 else:
                     x = buf
                     dma_done[k][0].set()

@@ -167,6 +167,48 @@ def test_chunked_cross_entropy_keeps_no_full_logits_for_backward():
     torch.testing.assert_close(w.grad, ref_w)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 7, 40, 1000])
+def test_chunked_cross_entropy_matches_the_full_logits_for_any_chunking_and_upstream_gradient(chunk_size):
+    g = torch.Generator().manual_seed(chunk_size)
+    N, d, V = 40, 6, 37  # V not a multiple of most chunk widths: uneven last chunks
+    h = torch.randn(N, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(V, d, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, V, (N,), generator=g)
+    t[:3] = torch.tensor([0, V - 1, V // 2])  # first, last and a middle column
+    up = torch.rand(N, generator=g, dtype=torch.float64)  # per-token weights, as the masked mean gives
+    per = chunked_cross_entropy(h, w, t, chunk_size=chunk_size)
+    ref = F.cross_entropy(F.linear(h, w), t, reduction="none")
+    torch.testing.assert_close(per, ref)
+    gh, gw = torch.autograd.grad((per * up).sum(), (h, w))
+    rh, rw = torch.autograd.grad((ref * up).sum(), (h, w))
+    torch.testing.assert_close(gh, rh)
+    torch.testing.assert_close(gw, rw)
+    # only the input that needs a gradient gets one
+    h2 = h.detach()
+    (gw2,) = torch.autograd.grad(chunked_cross_entropy(h2, w, t, chunk_size).sum(), (w,))
+    torch.testing.assert_close(
+        gw2, torch.autograd.grad(F.cross_entropy(F.linear(h2, w), t, reduction="sum"), w)[0]
+    )
+
+
+def test_chunked_cross_entropy_under_bf16_autocast_keeps_fp32_params_grads_close():
+    g = torch.Generator().manual_seed(0)
+    N, d, V = 64, 32, 300
+    h = torch.randn(N, d, generator=g, requires_grad=True)
+    w = (0.1 * torch.randn(V, d, generator=g)).requires_grad_()
+    t = torch.randint(0, V, (N,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        per = chunked_cross_entropy(h, w, t, chunk_size=8)
+    assert per.dtype == torch.float32
+    per.mean().backward()
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    ref = F.cross_entropy(F.linear(h, w), t, reduction="none")
+    rh, rw = torch.autograd.grad(ref.mean(), (h, w))
+    torch.testing.assert_close(per, ref.detach(), atol=0.05, rtol=0.02)  # bf16 matmuls
+    torch.testing.assert_close(h.grad, rh, atol=2e-3, rtol=0.05)
+    torch.testing.assert_close(w.grad, rw, atol=2e-3, rtol=0.05)
+
+
 def test_activation_checkpointing_flag_gives_the_same_gradients():
     batch, text = _batch()
     kw = dict(text=text, text_positions=batch.text_positions, prefix_len=batch.prefix_len)
