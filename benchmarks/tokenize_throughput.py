@@ -103,6 +103,7 @@ def config(curated: Path, out: Path, args, extra: list[str]):
             f"pool.device={args.device.split(':')[0]}",
             f"pool.cpus={args.threads}",
             f"pool.pad_batches={str(not args.no_pad).lower()}",
+            f"pool.calls_in_flight={args.calls_in_flight}",
             *(["text.enabled=false"] if args.no_text else []),
             *extra,
         ],
@@ -152,6 +153,8 @@ def path_ray(root: Path, args) -> float:
         tokenize_shards.main(config(curated, out, args, extra))
         wall[n] = time.perf_counter() - t0
         print(f"  job on {n:3d} windows: {wall[n]:6.1f}s wall (start-up included)")
+    if args.stats:
+        print(f"Ray Data stats of the {large}-window run:\n{tokenize_shards.LAST_RAY_STATS}")
     return (large - small) / max(1e-9, wall[large] - wall[small])
 
 
@@ -174,6 +177,8 @@ def main() -> None:
         help="CPUs of the embedded Ray (default: --threads + 1, one decode task beside the worker; on a GPU "
         "machine give its cores so decode tasks run in parallel)",
     )
+    ap.add_argument("--calls-in-flight", type=int, default=2, help="pool.calls_in_flight")
+    ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of the Ray run")
     ap.add_argument("--no-text", action="store_true", help="text.enabled=false (no caption encoder)")
     ap.add_argument("--no-pad", action="store_true", help="pool.pad_batches=false (short batches not padded)")
     args = ap.parse_args()

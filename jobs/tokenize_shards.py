@@ -69,6 +69,8 @@ from videopoet.pipelines.tokenize_stages import (
 DEFAULT_CONFIG = "configs/tokenize.yaml"
 POSITIONAL = ("input",)
 log = get_logger("tokenize")
+LAST_RAY_STATS: str | None = None
+"""Ray Data's per-operator timing of this process's last run (benchmarks print it)."""
 
 _CLIP_COLUMNS = [
     "clip_id",
@@ -257,6 +259,7 @@ def build_stages(cfg: Config, *, cluster_has_gpu: bool, num_cpus: float, num_gpu
     if cfg.text.enabled:
         models.append(TextEmbedStage(cfg.text, cfg.pool, cluster_has_gpu=cluster_has_gpu))
     chain = ChainStage(models, batch_size=cfg.batch_windows, memory_mb=cfg.pool.memory_mb)
+    chain.calls_in_flight = cfg.pool.calls_in_flight
     if cfg.pool.workers:
         chain.concurrency = cfg.pool.workers
     elif chain.resources.gpus:
@@ -472,6 +475,9 @@ def run_partitions(cfg: Config, state: RunState, pending: list[dict], meta: dict
         committed += 1
     progress.update(len(collector.complete), windows=windows, shards=committed)
     progress.finish()
+    global LAST_RAY_STATS
+    LAST_RAY_STATS = ds.stats()
+    log.debug("Ray Data stats:\n%s", LAST_RAY_STATS)
     return {"partitions": committed, "rows": windows}
 
 

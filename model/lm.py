@@ -391,7 +391,7 @@ def _fused(name: str, fn, cuda: bool):
     if not cuda:
         return fn
     if name not in _FUSED:
-        _FUSED[name] = torch.compile(fn, dynamic=False)
+        _FUSED[name] = torch.compile(fn)  # a second token count makes Dynamo compile one dynamic version
     return _FUSED[name]
 
 
@@ -459,7 +459,7 @@ def chunked_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_size
     if N == 0:
         return h.new_zeros(0, dtype=torch.float32)
     cols = max(1, min(V, (chunk_size * V) // N))
-    if cols < V:  # equal chunks (one compiled shape on CUDA, plus the remainder)
+    if cols < V:  # equal chunks (one compiled width on CUDA, plus the remainder)
         cols = -(-V // -(-V // cols))
     return _LinearCrossEntropy.apply(h, weight, targets, cols)
 

@@ -53,20 +53,23 @@ def apply_stages(ds: ray.data.Dataset, stages: list[Stage]) -> ray.data.Dataset:
         if res.memory_mb:
             kwargs["memory"] = res.memory_mb * 1024 * 1024
         if stage.stateful or res.gpus:
-            ds = ds.map_batches(_actor_class(stage), compute=_actor_pool(stage.concurrency, res), **kwargs)
+            pool = _actor_pool(stage.concurrency, res, stage.calls_in_flight)
+            ds = ds.map_batches(_actor_class(stage), compute=pool, **kwargs)
         else:
             ds = ds.map_batches(_task_fn(stage), **kwargs)
     return ds
 
 
-def _actor_pool(concurrency: int | tuple[int, int] | None, res):
-    """A fixed pool of `concurrency` actors, or an autoscaling (min, max) one (default: 1 up to what fits)."""
+def _actor_pool(concurrency: int | tuple[int, int] | None, res, calls_in_flight: int = 1):
+    """A fixed pool of `concurrency` actors, or an autoscaling (min, max) one (default: 1 up to what fits);
+    each actor batching up to `calls_in_flight` calls at once around one running UDF call."""
     from ray.data import ActorPoolStrategy
 
+    calls = {"max_concurrent_calls_per_actor": calls_in_flight} if calls_in_flight > 1 else {}
     if isinstance(concurrency, int):
-        return ActorPoolStrategy(size=concurrency)
+        return ActorPoolStrategy(size=concurrency, **calls)
     lo, hi = concurrency or (1, _max_actors(res))
-    return ActorPoolStrategy(min_size=lo, max_size=hi)
+    return ActorPoolStrategy(min_size=lo, max_size=hi, **calls)
 
 
 def _max_actors(res) -> int:

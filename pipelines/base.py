@@ -52,6 +52,9 @@ class Stage:
     """True when `setup()` loads something worth keeping: the adapter then uses an actor pool."""
     concurrency: int | tuple[int, int] | None = None
     """Actor-pool size for stateful stages (an int or (min, max)); None = sized from resources."""
+    calls_in_flight: int = 1
+    """Calls an actor of a stateful stage takes at once: Ray Data batches the next call's inputs and the last
+    call's outputs while this one runs (the stage itself still runs one call at a time)."""
 
     def setup(self) -> None:
         """Load models / open resources. Called once per worker before the first batch."""

@@ -188,6 +188,9 @@ class PoolConfig:
     captions one at a time): a window's tokens then never depend on which other windows shared its batch.
     Without it, floating-point differences between batch shapes flip near-tie codes, so a resumed run
     could differ from an uninterrupted one in a few tokens. false: less compute on small runs."""
+    calls_in_flight: int = 2
+    """Calls a worker takes at once: Ray Data batches the next call's windows (and the last call's results)
+    while the models run; the models still run one call at a time, so results do not depend on it."""
     memory_mb: int | None = 3072
     """Memory Ray reserves per worker for its models and batches (MiB). Declaring it also keeps Ray Data
     from fusing the decode tasks into these workers (it fuses stages with equal resources), so decoding
@@ -195,6 +198,7 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         check(self.cpus > 0, "pool.cpus", self.cpus, "> 0")
+        check(self.calls_in_flight >= 1, "pool.calls_in_flight", self.calls_in_flight, ">= 1")
         check(self.memory_mb is None or self.memory_mb >= 1, "pool.memory_mb", self.memory_mb, "null or >= 1")
         check(self.workers is None or self.workers >= 1, "pool.workers", self.workers, "null or >= 1")
 

@@ -208,6 +208,10 @@ class HFTextEncoder:
                 f"{model_dir} ({source}) holds no saved model: expected config.json and a weights file "
                 f"({', '.join(_WEIGHT_SUFFIXES)}), as written by save_pretrained"
             )
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per worker says nothing in a job's log
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
             self.model = model_cls.from_pretrained(
@@ -217,6 +221,9 @@ class HFTextEncoder:
             raise UserError(
                 f"could not load a {cfg.kind} text encoder from {model_dir} ({source}): {e}"
             ) from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.model.to(cfg.device).eval().requires_grad_(False)
         self.dim: int = int(
             self.model.config.hidden_size
