@@ -104,6 +104,8 @@ def config(curated: Path, out: Path, args, extra: list[str]):
             f"pool.cpus={args.threads}",
             f"pool.pad_batches={str(not args.no_pad).lower()}",
             f"pool.calls_in_flight={args.calls_in_flight}",
+            f"pool.workers_per_gpu={args.workers_per_gpu}",
+            f"window.clips_per_task={args.clips_per_task}",
             *(["text.enabled=false"] if args.no_text else []),
             *extra,
         ],
@@ -177,7 +179,10 @@ def main() -> None:
         help="CPUs of the embedded Ray (default: --threads + 1, one decode task beside the worker; on a GPU "
         "machine give its cores so decode tasks run in parallel)",
     )
+    ap.add_argument("--no-in-process", action="store_true", help="skip the serial in-process path")
     ap.add_argument("--calls-in-flight", type=int, default=2, help="pool.calls_in_flight")
+    ap.add_argument("--workers-per-gpu", type=int, default=1, help="pool.workers_per_gpu")
+    ap.add_argument("--clips-per-task", type=int, default=4, help="window.clips_per_task")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of the Ray run")
     ap.add_argument("--no-text", action="store_true", help="text.enabled=false (no caption encoder)")
     ap.add_argument("--no-pad", action="store_true", help="pool.pad_batches=false (short batches not padded)")
@@ -195,10 +200,11 @@ def main() -> None:
         print(
             f"bare MAGVIT-v2 encode:   {bare:8.2f} windows/s  (batch {args.batch}, {args.device}, {args.threads} thread(s))"
         )
-        local = path_in_process(curated, root, args)
-        print(
-            f"job path, in-process:    {local:8.2f} windows/s  ratio {local / bare:.2f}  (decode + video + audio + text, serial)"
-        )
+        if not args.no_in_process:
+            local = path_in_process(curated, root, args)
+            print(
+                f"job path, in-process:    {local:8.2f} windows/s  ratio {local / bare:.2f}  (decode + video + audio + text, serial)"
+            )
         if args.ray:
             ray_wps = path_ray(root, args)
             print(f"job path, Ray (marginal): {ray_wps:7.2f} windows/s  ratio {ray_wps / bare:.2f}")

@@ -68,6 +68,9 @@ class WindowConfig:
     """PyAV decoder threads per decode task."""
     cpus: float = 1.0
     """CPUs Ray reserves per decode task."""
+    clips_per_task: int = 4
+    """Clips one decode task decodes (Ray schedules fewer, longer tasks; 1 clip per task spends much of
+    each task on scheduling)."""
 
     def __post_init__(self) -> None:
         check(self.frames >= 1, "window.frames", self.frames, ">= 1")
@@ -87,6 +90,7 @@ class WindowConfig:
         )
         check(self.decode_threads >= 0, "window.decode_threads", self.decode_threads, ">= 0")
         check(self.cpus > 0, "window.cpus", self.cpus, "> 0")
+        check(self.clips_per_task >= 1, "window.clips_per_task", self.clips_per_task, ">= 1")
 
     @property
     def seconds(self) -> float:
@@ -182,7 +186,10 @@ class PoolConfig:
     cpus: float = 1.0
     """CPUs one CPU worker reserves (torch uses that many threads); GPU workers reserve 2."""
     workers: int | None = None
-    """Workers in the pool; null = one per GPU, or on CPUs as many as fit beside one decode task."""
+    """Workers in the pool; null = workers_per_gpu per GPU, or on CPUs as many as fit beside one decode task."""
+    workers_per_gpu: int = 1
+    """GPU workers sharing one GPU (each reserves 1/workers_per_gpu of it): with 2, one worker's host work
+    (unpacking windows, copies, results) runs while the other's models use the GPU."""
     pad_batches: bool = True
     """Run every forward pass at its full batch size, filling a short batch with blank inputs (and embed
     captions one at a time): a window's tokens then never depend on which other windows shared its batch.
@@ -199,6 +206,7 @@ class PoolConfig:
     def __post_init__(self) -> None:
         check(self.cpus > 0, "pool.cpus", self.cpus, "> 0")
         check(self.calls_in_flight >= 1, "pool.calls_in_flight", self.calls_in_flight, ">= 1")
+        check(self.workers_per_gpu >= 1, "pool.workers_per_gpu", self.workers_per_gpu, ">= 1")
         check(self.memory_mb is None or self.memory_mb >= 1, "pool.memory_mb", self.memory_mb, "null or >= 1")
         check(self.workers is None or self.workers >= 1, "pool.workers", self.workers, "null or >= 1")
 
@@ -347,6 +355,7 @@ class WindowDecodeStage(Stage):
     ):
         self.window, self.sr, self.audio, self.modalities = window, sr, audio, tuple(modalities)
         self.resources = Resources(cpus=window.cpus)
+        self.batch_size = window.clips_per_task
 
     def process_row(self, row: Row) -> list[Row]:
         modality = row.get("modality")
@@ -539,7 +548,9 @@ class _ModelStage(Stage):
     def __init__(self, pool: PoolConfig, *, cluster_has_gpu: bool | None = None):
         self.pool = pool
         self.use_gpu = pick_device(pool.device, cluster_has_gpu)
-        self.resources = Resources(cpus=2.0 if self.use_gpu else pool.cpus, gpus=1.0 if self.use_gpu else 0.0)
+        self.resources = Resources(
+            cpus=2.0 if self.use_gpu else pool.cpus, gpus=1.0 / pool.workers_per_gpu if self.use_gpu else 0.0
+        )
         self.device = None
 
     def _setup_device(self):
