@@ -42,18 +42,24 @@ class Progress:
         self.start = self._last = self._clock()
         self.done = 0
         self.extra: dict = {}
+        self._first: tuple[float, int] | None = None
+        """(time, units done) at the first update that saw a unit done."""
 
     def line(self) -> str:
-        elapsed = max(self._clock() - self.start, 1e-9)
-        rate = self.done / elapsed
+        now = self._clock()
+        elapsed = max(now - self.start, 1e-9)
         parts = [f"{self.what}: {self.done}/{self.total} {self.unit}"]
         parts += [f"{v} {k}" for k, v in self.extra.items()]
         parts.append(f"{elapsed:.0f} s")
-        if 0 < self.done < self.total and rate > 0:
+        if self._first is not None and self._first[1] < self.done < self.total and now > self._first[0]:
+            # the rate since the first unit finished: start-up (workers, models) is not repeated per unit
+            rate = (self.done - self._first[1]) / (now - self._first[0])
             parts.append(f"~{(self.total - self.done) / rate:.0f} s left")
         return ", ".join(parts)
 
     def update(self, done: int, **extra) -> None:
+        if done > 0 and self._first is None:
+            self._first = (self._clock(), done)
         self.done, self.extra = done, extra
         now = self._clock()
         if now - self._last >= self.interval:

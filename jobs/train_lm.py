@@ -88,7 +88,7 @@ class ModelSection:
 @dataclass(kw_only=True)
 class TrainSection(OptimSection):
     ce_chunk_size: int = 1024
-    """Tokens per chunk of the output-head cross-entropy (bounds the logits held at once)."""
+    """Bounds the output-head logits held at once to ce_chunk_size x vocabulary (as many as that many tokens' rows): the fused cross-entropy runs over vocabulary chunks of that size."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -241,7 +241,13 @@ def main(cfg: Config) -> dict:
     torch.manual_seed(t.seed)
     with torch.device(info.device):
         model = VideoPoetLM(lm_cfg)
-    flops_fn = model.flops_per_token  # before ZeRO-3 partitions the parameters (their numel becomes 0)
+    # 6 N counted now: once ZeRO-3 partitions the parameters, their numel on each rank is 0
+    six_n = model.flops_per_token(0)
+    per_position = model.flops_per_token(1) - six_n
+
+    def flops_fn(seq_len: int) -> int:
+        return six_n + per_position * seq_len
+
     flops_cache: dict[int, int] = {}
     n_params = model.num_params()
     engine, ds_config = start_engine(t, info, model, chunk_size=t.ce_chunk_size)

@@ -90,7 +90,16 @@ class Stage:
 def rows_to_frame(rows: list[Row]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({"status": pd.Series([], dtype=object)})
-    return pd.DataFrame.from_records(rows)
+    frame = pd.DataFrame.from_records(rows)
+    # pandas fills a key some rows lack with NaN; in a column of bytes (decoded pixels, waves) that float
+    # stops Arrow from storing the block as a binary column (Ray Data then pickles it, and says so): None.
+    for col in frame.columns:
+        values = frame[col]
+        if values.dtype == object and values.isna().any():
+            present = values[values.notna()]
+            if len(present) and all(isinstance(v, bytes) for v in present):
+                frame[col] = values.astype(object).where(values.notna(), None)
+    return frame
 
 
 def run_local(stages: Iterable[Stage], rows: list[Row]) -> list[Row]:

@@ -232,6 +232,14 @@ def test_two_rank_zero_run_matches_one_process(ds, reference, tmp_path, stage):
     a, b = load_file(str(reference / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4, "consolidated weights of the 2-rank run"
+    # MFU counts the whole model's FLOPs on every ZeRO stage (ZeRO-3 ranks hold 1/world of each parameter)
+    peak_world = {}
+    for run, world in ((reference, 1), (out, 2)):
+        recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        peak_world[run] = {(r["step"], r["seq_len"]): r["mfu"] / r["tokens_per_s"] * world for r in recs}
+    assert peak_world[reference].keys() == peak_world[out].keys()
+    for k, v in peak_world[reference].items():
+        assert peak_world[out][k] == pytest.approx(v, rel=1e-9), k
 
 
 def test_stopped_and_resumed_run_reproduces_the_uninterrupted_one_exactly(ds, reference, tmp_path):

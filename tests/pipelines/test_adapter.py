@@ -115,3 +115,20 @@ def test_a_killed_worker_is_retried_and_no_row_is_lost_or_doubled(ray_local, tmp
     assert os.path.exists(marker), "the worker never crashed: the test did not test anything"
     assert sorted(r["x"] for r in rows) == list(range(16))
     assert all(r["survived"] for r in rows)
+
+
+def test_rows_to_frame_keeps_a_bytes_column_arrow_storable_when_some_rows_lack_it():
+    import pyarrow as pa
+
+    from videopoet.pipelines.base import rows_to_frame
+
+    rows = [
+        {"clip_id": "a", "pixels": b"\x00\x01", "window": 0},
+        {"clip_id": "b", "window": 1},  # an audio window: no pixels
+        {"clip_id": "c", "pixels": b"\x02", "score": 0.5},
+    ]
+    frame = rows_to_frame(rows)
+    assert frame["pixels"].tolist() == [b"\x00\x01", None, b"\x02"]
+    table = pa.Table.from_pandas(frame)
+    assert pa.types.is_binary(table.schema.field("pixels").type)
+    assert frame["score"].isna().tolist() == [True, True, False]  # numeric columns keep NaN
