@@ -383,15 +383,42 @@ def _chunk_grad(logits: Tensor, lse: Tensor, t_local: Tensor, g: Tensor) -> Tens
     return ((torch.exp(_acc(logits) - lse[:, None]) - one_hot) * g[:, None]).to(logits.dtype)
 
 
+def _chunk_grad_inplace(logits: Tensor, lse: Tensor, t_local: Tensor, g: Tensor) -> Tensor:
+    """`_chunk_grad` for eager execution (CPU): in place on the freshly computed chunk, no temporaries."""
+    p = _acc(logits)
+    p = p.sub_(lse[:, None]) if p is logits else p.sub(lse[:, None])
+    p.exp_()
+    rows = ((t_local >= 0) & (t_local < p.shape[1])).nonzero().squeeze(1)
+    p[rows, t_local[rows]] -= 1.0
+    return p.mul_(g[:, None]).to(logits.dtype)
+
+
 _FUSED: dict[str, object] = {}
 
 
-def _fused(name: str, fn, cuda: bool):
-    """`fn` compiled with Inductor on CUDA (one fused pass over a chunk instead of 4-5), eager elsewhere."""
+def _fused(name: str, fn, cuda: bool, eager=None):
+    """`fn` compiled with Inductor on CUDA (one fused pass over a chunk instead of 4-5), `eager` (or `fn`)
+    elsewhere and wherever compiling fails (a warning, then eager for the rest of the process)."""
+    eager = eager or fn
     if not cuda:
-        return fn
+        return eager
     if name not in _FUSED:
-        _FUSED[name] = torch.compile(fn)  # a second token count makes Dynamo compile one dynamic version
+        compiled = torch.compile(fn)  # a second token count makes Dynamo compile one dynamic version
+
+        def run(*args):
+            if _FUSED.get(f"{name}:failed"):
+                return eager(*args)
+            try:
+                return compiled(*args)
+            except Exception as e:  # noqa: BLE001 - no Triton / compiler on this machine: stay correct, run eager
+                import warnings
+
+                msg = f"fused cross-entropy pass {name!r} could not be compiled ({e!r:.200}); running eager"
+                warnings.warn(msg, stacklevel=2)
+                _FUSED[f"{name}:failed"] = True
+                return eager(*args)
+
+        _FUSED[name] = run
     return _FUSED[name]
 
 
@@ -432,7 +459,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         x, w, targets, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dev = x.device.type
-        grad_fn = _fused("grad", _chunk_grad, x.is_cuda)
+        grad_fn = _fused("grad", _chunk_grad, x.is_cuda, eager=_chunk_grad_inplace)
         dh = torch.zeros(x.shape, device=x.device, dtype=lse.dtype) if need_h else None
         dw = torch.empty(w.shape, device=w.device, dtype=ctx.w_dtype) if need_w else None
         g = g.to(lse.dtype).contiguous()
