@@ -116,7 +116,7 @@ def path_in_process(curated: Path, root: Path, args) -> float:
     import torch
 
     from videopoet.jobs import tokenize_shards
-    from videopoet.pipelines.base import run_local
+    from videopoet.pipelines.base import rows_to_frame, run_local
 
     cfg = config(curated, root / "unused", args, [f"batch_windows={args.batch_windows}"])
     clips = [dict(c, partition=0, status="ok") for c in tokenize_shards.read_clips(str(curated))]
@@ -126,14 +126,34 @@ def path_in_process(curated: Path, root: Path, args) -> float:
     chain.setup()  # model loading is start-up, not throughput
     decode.setup()
     run_local([decode, chain], clips[: args.batch])  # warm-up
+    prof = None
+    if args.profile_chain:
+        import cProfile
+
+        prof = cProfile.Profile()
     t0 = time.perf_counter()
+    t_chain = 0.0
     for i in range(0, len(clips), args.batch_windows):
         rows = run_local([decode], clips[i : i + args.batch_windows])
-        out = chain.process_rows(rows)
-        assert all(r.get("video_tokens") is not None for r in out), out[0].get("reject_detail")
+        t1 = time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        out = chain(rows_to_frame(rows))  # as a Ray worker call: pandas in, pandas out
+        if prof is not None:
+            prof.disable()
+        t_chain += time.perf_counter() - t1
+        assert out["video_tokens"].notna().all(), out.iloc[0].get("reject_detail")
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
-    return len(clips) / (time.perf_counter() - t0)
+    total = time.perf_counter() - t0
+    print(
+        f"  in-process: decode {total - t_chain:.2f} s, tokenizer calls {t_chain:.2f} s for {len(clips)} windows"
+    )
+    if prof is not None:
+        import pstats
+
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return len(clips) / total
 
 
 def path_ray(root: Path, args) -> float:
@@ -179,6 +199,7 @@ def main() -> None:
         help="CPUs of the embedded Ray (default: --threads + 1, one decode task beside the worker; on a GPU "
         "machine give its cores so decode tasks run in parallel)",
     )
+    ap.add_argument("--profile-chain", action="store_true", help="cProfile the tokenizer calls (in-process)")
     ap.add_argument("--no-in-process", action="store_true", help="skip the serial in-process path")
     ap.add_argument("--calls-in-flight", type=int, default=2, help="pool.calls_in_flight")
     ap.add_argument("--workers-per-gpu", type=int, default=1, help="pool.workers_per_gpu")
