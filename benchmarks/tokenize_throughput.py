@@ -163,7 +163,8 @@ def path_ray(root: Path, args) -> float:
     from videopoet.jobs import tokenize_shards
 
     cpus = args.ray_cpus or args.threads + 1
-    init_ray(RayConfig(num_cpus=cpus, object_store_memory_mb=max(512, 256 * cpus), log_to_driver=False))
+    store = args.object_store_mb or max(512, 256 * cpus)
+    init_ray(RayConfig(num_cpus=cpus, object_store_memory_mb=store, log_to_driver=False))
     small, large = max(1, args.batch_windows), args.clips
     wall = {}
     for n in (small, small, large):  # the first run warms caches (imports, files) that later runs reuse
@@ -198,6 +199,9 @@ def main() -> None:
         default=None,
         help="CPUs of the embedded Ray (default: --threads + 1, one decode task beside the worker; on a GPU "
         "machine give its cores so decode tasks run in parallel)",
+    )
+    ap.add_argument(
+        "--object-store-mb", type=int, default=None, help="Ray object store (default 256 MiB per CPU)"
     )
     ap.add_argument("--profile-chain", action="store_true", help="cProfile the tokenizer calls (in-process)")
     ap.add_argument("--no-in-process", action="store_true", help="skip the serial in-process path")
