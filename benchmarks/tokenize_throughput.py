@@ -177,7 +177,7 @@ def path_ray(root: Path, args) -> float:
         wall[n] = time.perf_counter() - t0
         print(f"  job on {n:3d} windows: {wall[n]:6.1f}s wall (start-up included)")
     if args.stats:
-        print(f"Ray Data stats of the {large}-window run:\n{tokenize_shards.LAST_RAY_STATS}")
+        print(f"Ray Data stats of the {large}-window run:\n{tokenize_shards.LAST_DATASET.stats()}")
     return (large - small) / max(1e-9, wall[large] - wall[small])
 
 

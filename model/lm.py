@@ -394,6 +394,7 @@ def _chunk_grad_inplace(logits: Tensor, lse: Tensor, t_local: Tensor, g: Tensor)
 
 
 _FUSED: dict[str, object] = {}
+_FUSED_FAILED: set[str] = set()
 
 
 def _fused(name: str, fn, cuda: bool, eager=None):
@@ -406,7 +407,7 @@ def _fused(name: str, fn, cuda: bool, eager=None):
         compiled = torch.compile(fn)  # a second token count makes Dynamo compile one dynamic version
 
         def run(*args):
-            if _FUSED.get(f"{name}:failed"):
+            if name in _FUSED_FAILED:
                 return eager(*args)
             try:
                 return compiled(*args)
@@ -415,7 +416,7 @@ def _fused(name: str, fn, cuda: bool, eager=None):
 
                 msg = f"fused cross-entropy pass {name!r} could not be compiled ({e!r:.200}); running eager"
                 warnings.warn(msg, stacklevel=2)
-                _FUSED[f"{name}:failed"] = True
+                _FUSED_FAILED.add(name)
                 return eager(*args)
 
         _FUSED[name] = run

@@ -95,10 +95,11 @@ def rows_to_frame(rows: list[Row]) -> pd.DataFrame:
     # stops Arrow from storing the block as a binary column (Ray Data then pickles it, and says so): None.
     for col in frame.columns:
         values = frame[col]
-        if values.dtype == object and values.isna().any():
-            present = values[values.notna()]
-            if len(present) and all(isinstance(v, bytes) for v in present):
-                frame[col] = values.astype(object).where(values.notna(), None)
+        if values.dtype != object:
+            continue
+        present = values.notna()
+        if not present.all() and present.any() and all(isinstance(v, bytes) for v in values[present]):
+            frame[col] = values.where(present, None)
     return frame
 
 
