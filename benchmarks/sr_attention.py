@@ -1,6 +1,7 @@
 """Forward + backward throughput of the SR transformer with windowed attention against full attention, same run.
 
     python benchmarks/sr_attention.py                                   # base size, (5, 56, 32) grid, batch 2, one GPU
+    python benchmarks/sr_attention.py --compile --compile-mode reduce-overhead --batch 4 --profile 20
     python benchmarks/sr_attention.py --size small --batch 4 --compile
     python benchmarks/sr_attention.py --device cpu                      # tiny CPU check (debug size, (3, 16, 16))
 
@@ -13,6 +14,10 @@ One step is the training loss (masked-token cross-entropy on a cosine-schedule-l
 positions, 64 caption embeddings, bf16 autocast on CUDA) and its backward, no optimizer; tokens/s counts
 HR positions (batch x T x H x W). Reported: tokens/s of each, the windowed / full ratio (the target is
 >= 3x on the (5, 56, 32) grid), s/step, peak GPU memory, and both models' losses (first -> last step).
+`--compile` compiles every block with static shapes (the two models share the block code; a dynamic-shape
+recompile for the second grid is slower and crashed once); `--compile-mode reduce-overhead` adds CUDA graphs,
+which take the launch gaps out of the short windowed step; `--profile N` prints one step's GPU kernel time by
+class (matmul, attention, fused elementwise, other) and the top N kernels of each model.
 Both models stay resident and their steps alternate (warm-up steps of both first), so one-time costs and
 changes of the machine's load during the run fall on both alike.
 
@@ -94,6 +99,65 @@ def measure(models: dict[str, SRTransformer], batches: list[dict], steps: int, w
     return out
 
 
+def sdpa_backend(name: str):
+    """A context restricting `scaled_dot_product_attention` to one kernel family (`auto`: no restriction)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if name == "auto":
+        return contextlib.nullcontext()
+    kinds = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    kinds["efficient"] = SDPBackend.EFFICIENT_ATTENTION
+    # the text cross-attention has a key mask, which only the memory-efficient / math kernels take
+    return sdpa_kernel([kinds[name], SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def kernel_kind(name: str) -> str:
+    """Coarse class of a CUDA kernel by its name (for `--profile`)."""
+    n = name.lower()
+    if any(k in n for k in ("flash", "fmha", "attention", "cudnn_generated", "sdpa")):
+        return "attention"
+    if any(k in n for k in ("gemm", "xmma", "cublas", "nvjet", "cutlass", "matmul")):
+        return "matmul"
+    if "triton" in n:
+        return "triton (fused)"
+    return "other"
+
+
+def profile_step(models: dict[str, SRTransformer], b: dict, device, top: int) -> dict:
+    """GPU time of one training step of each model by kernel class, and the `top` kernels of each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for name, model in models.items():
+        loss_step(model, b, device)  # warm
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            loss_step(model, b, device)
+            _sync(device)
+        kinds: dict[str, float] = {}
+        rows = []
+        for e in prof.key_averages():
+            us = getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0)
+            if us <= 0 or e.key.startswith("ProfilerStep"):
+                continue
+            kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + us / 1e3
+            rows.append((us / 1e3, e.count, e.key))
+        rows.sort(reverse=True)
+        total = sum(kinds.values())
+        print(
+            f"\n{name}: {total:.1f} ms of kernels in one step; by class: "
+            + ", ".join(
+                f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])
+            )
+        )
+        for ms, count, key in rows[:top]:
+            print(f"  {ms:8.2f} ms {count:5d}x  {key[:110]}")
+        out[name] = {"kernel_ms": total, "by_class_ms": kinds, "top": [list(r) for r in rows[:top]]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
@@ -109,6 +173,31 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--text-len", type=int, default=64, help="caption embeddings per sample")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in backward")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (both models)")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"],
+        help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)",
+    )
+    p.add_argument(
+        "--residual-dtype",
+        default=None,
+        choices=["autocast", "float32"],
+        help="residual stream dtype under autocast (default: the size's config)",
+    )
+    p.add_argument(
+        "--sdpa-backend",
+        default="auto",
+        choices=["auto", "flash", "cudnn", "efficient"],
+        help="restrict SDPA to one kernel family (both models; auto: PyTorch's choice)",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print GPU time by kernel class and the top N kernels",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -123,7 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    windowed_cfg = SRConfig.from_name(size)
+    windowed_cfg = SRConfig.from_name(
+        size, **({"residual_dtype": args.residual_dtype} if args.residual_dtype else {})
+    )
     full_cfg = dataclasses.replace(
         windowed_cfg, window_vertical=grid, window_horizontal=grid, window_temporal=grid
     )
@@ -133,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
         "grid": list(grid),
         "batch": batch,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "compile": args.compile,
+        "compile": args.compile and args.compile_mode,
+        "residual_dtype": windowed_cfg.residual_dtype,
         "activation_checkpointing": args.activation_checkpointing,
         "windows": {"windowed": window_grid(windowed_cfg, grid), "full": window_grid(full_cfg, grid)},
     }
@@ -145,12 +237,16 @@ def main(argv: list[str] | None = None) -> dict:
         if models:  # the same weights: only the attention windows differ
             model.load_state_dict(models["windowed"].state_dict())
         model.gradient_checkpointing = args.activation_checkpointing
-        if args.compile:
+        if args.compile:  # static shapes: the two models' grids differ, a dynamic recompile would serve both
             for block in model.blocks:
-                block.compile()
+                block.compile(dynamic=False, mode=args.compile_mode)
         models[name] = model.train()
     results["params"] = models["windowed"].num_params()
-    paths = measure(models, batches, steps, warmup, device)
+    results["sdpa_backend"] = args.sdpa_backend
+    with sdpa_backend(args.sdpa_backend):
+        paths = measure(models, batches, steps, warmup, device)
+        if args.profile and device.type == "cuda":
+            results["profile"] = profile_step(models, batches[0], device, args.profile)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
     tokens = batch * grid[0] * grid[1] * grid[2]

@@ -274,3 +274,29 @@ def test_a_trained_stage_decodes_its_training_pair_exactly():
     got = sample_sr(m, lr, sampling=SRSamplingConfig(steps=8, temperature=0))
     assert loss.item() < 1.0, loss.item()
     assert torch.equal(got, hr), (got != hr).sum()
+
+
+def test_residual_stream_dtype_under_autocast():
+    """"autocast" carries the residual stream in bf16 under autocast (and gets gradients through it); "float32"
+    keeps it in fp32; both agree to bf16 precision, and without autocast the option changes nothing."""
+    hr, mask, lr, cond = inputs()
+    seen = {}
+    outs = {}
+    for kind in ("autocast", "float32"):
+        m = model(residual_dtype=kind).train()
+        hook = m.blocks[0].register_forward_hook(lambda mod, a, out, kind=kind: seen.__setitem__(kind, out.dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m.loss(hr, mask, lr, **cond)
+        hook.remove()
+        out.loss.backward()
+        assert all(p.grad is not None for p in m.blocks.parameters())
+        outs[kind] = float(out.loss)
+        with torch.no_grad():
+            plain = m.loss(hr, mask, lr, **cond)
+        assert plain.loss.dtype == torch.float32
+    assert seen == {"autocast": torch.bfloat16, "float32": torch.float32}
+    assert outs["autocast"] == pytest.approx(outs["float32"], rel=0.02)
+    with torch.no_grad():
+        a = model(residual_dtype="autocast").loss(hr, mask, lr, **cond).loss
+        b = model(residual_dtype="float32").loss(hr, mask, lr, **cond).loss
+    assert torch.equal(a, b)
