@@ -277,14 +277,16 @@ def test_a_trained_stage_decodes_its_training_pair_exactly():
 
 
 def test_residual_stream_dtype_under_autocast():
-    """"autocast" carries the residual stream in bf16 under autocast (and gets gradients through it); "float32"
+    """The "autocast" residual dtype carries the residual stream in bf16 under autocast (and gets gradients through it); "float32"
     keeps it in fp32; both agree to bf16 precision, and without autocast the option changes nothing."""
     hr, mask, lr, cond = inputs()
     seen = {}
     outs = {}
     for kind in ("autocast", "float32"):
         m = model(residual_dtype=kind).train()
-        hook = m.blocks[0].register_forward_hook(lambda mod, a, out, kind=kind: seen.__setitem__(kind, out.dtype))
+        hook = m.blocks[0].register_forward_hook(
+            lambda mod, a, out, kind=kind: seen.__setitem__(kind, out.dtype)
+        )
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = m.loss(hr, mask, lr, **cond)
         hook.remove()
