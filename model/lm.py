@@ -404,12 +404,17 @@ def _fused(name: str, fn, cuda: bool, eager=None):
     if not cuda:
         return eager
     if name not in _FUSED:
-        compiled = torch.compile(fn)  # a second token count makes Dynamo compile one dynamic version
+        compiled = torch.compile(fn)
 
         def run(*args):
             if name in _FUSED_FAILED:
                 return eager(*args)
             try:
+                # One graph per chunk width (at most two: the equal chunks and the remainder); token counts
+                # (dim 0) go dynamic once a second one is seen. A symbolic width would make every element's row
+                # index a 64-bit division at run time: the dynamic graph Dynamo made after seeing the second
+                # width ran the gradient pass at a quarter of the memory bandwidth.
+                torch._dynamo.mark_static(args[0], 1)
                 return compiled(*args)
             except Exception as e:  # noqa: BLE001 - no Triton / compiler on this machine: stay correct, run eager
                 import warnings
@@ -478,7 +483,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def chunked_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
     """Per-token cross-entropy `(N,)` (fp32; fp64 for fp64 inputs) of `h @ weight.T` `(N, V)` against `targets`.
 
-    At most `chunk_size x V` logits exist at once (as many as `chunk_size` tokens' full rows): the head runs
+    About `chunk_size x V` logits exist at once (as many as `chunk_size` tokens' full rows; chunks are rounded
+    up to a multiple of 8 columns): the head runs
     over column chunks of the vocabulary (`_LinearCrossEntropy`), so neither the forward nor the backward
     holds the `N x V` logits (at V = 266,496 the fp32 logits of 6 x 1280 tokens alone are ~8 GB).
     """
@@ -489,6 +495,10 @@ def chunked_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_size
     cols = max(1, min(V, (chunk_size * V) // N))
     if cols < V:  # equal chunks (one compiled width on CUDA, plus the remainder)
         cols = -(-V // -(-V // cols))
+        # A multiple of 8 columns: a chunk's bf16 logits `(N, cols)` then have 16-byte aligned rows, which the
+        # Hopper GEMM kernels (TMA) and vectorized elementwise passes need; at 26,650 columns (300M, 10,240
+        # tokens) cuBLAS fell back to Ampere kernels and the head ran at ~210 TFLOP/s.
+        cols = min(V, -(-cols // 8) * 8)
     return _LinearCrossEntropy.apply(h, weight, targets, cols)
 
 
