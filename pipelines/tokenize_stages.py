@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import math
+import threading
 import wave
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -68,9 +69,10 @@ class WindowConfig:
     """PyAV decoder threads per decode task."""
     cpus: float = 1.0
     """CPUs Ray reserves per decode task."""
-    clips_per_task: int = 4
+    clips_per_task: int = 16
     """Clips one decode task decodes (Ray schedules fewer, longer tasks; 1 clip per task spends much of
-    each task on scheduling)."""
+    each task on scheduling; on the 16-CPU H100 machine 16 clips per task fed the GPU 1.2x as fast as 4).
+    The job's input blocks hold this many clips each. Output memory per task: clips x windows x ~0.9 MB."""
 
     def __post_init__(self) -> None:
         check(self.frames >= 1, "window.frames", self.frames, ">= 1")
@@ -540,6 +542,10 @@ def pick_device(device: str, cluster_has_gpu: bool | None) -> bool:
     return device == "cuda"
 
 
+_PINNED = threading.local()
+"""Page-locked staging buffers of the model stages' host-to-device copies, per thread (`_to_device`)."""
+
+
 class _ModelStage(Stage):
     """Shared device handling: one GPU per worker when `use_gpu`, else `pool.cpus` CPU threads."""
 
@@ -610,6 +616,29 @@ class _ModelStage(Stage):
     def _store(self, row: Row, key: str, result) -> None:
         raise NotImplementedError
 
+    def _to_device(self, arrays: list[np.ndarray]):
+        """`arrays` stacked on the worker's device. On CUDA they are stacked straight into a page-locked
+        buffer (one per thread, shape and dtype: concurrent calls of one actor run in threads) and copied
+        from it asynchronously: one host copy instead of two (stack, then the driver's staging of pageable
+        memory). A buffer is refilled only after its previous copy to the device has completed."""
+        import torch
+
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.stack(arrays))
+        key = ((len(arrays), *arrays[0].shape), arrays[0].dtype.str, str(self.device))
+        bufs = _PINNED.__dict__.setdefault("bufs", {})
+        if key in bufs:
+            host, copied = bufs[key]
+            copied.synchronize()
+        else:
+            host = torch.from_numpy(np.empty(key[0], arrays[0].dtype)).pin_memory()
+        np.stack(arrays, out=host.numpy())
+        x = host.to(self.device, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        bufs[key] = (host, copied)
+        return x
+
 
 class VideoTokenizeStage(_ModelStage):
     """`pixels` -> `video_tokens`, `sr_pixels` -> `sr_video_tokens` (int32 bytes + shape) with MAGVIT-v2."""
@@ -632,7 +661,7 @@ class VideoTokenizeStage(_ModelStage):
     def _encode(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        x = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)  # (B, T, H, W, 3) uint8
+        x = self._to_device(arrays)  # (B, T, H, W, 3) uint8
         x = x.permute(0, 4, 1, 2, 3).to(self.dtype if self.device.type == "cuda" else torch.float32)
         x = x / 127.5 - 1.0
         with torch.inference_mode():
@@ -683,7 +712,7 @@ class AudioTokenizeStage(_ModelStage):
     def _encode(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        x = torch.from_numpy(np.stack(arrays)).to(self.device)
+        x = self._to_device(arrays)
         with torch.inference_mode():
             codes = self.model.encode(x)  # (B, levels, frames)
         return list(codes.to(torch.int32).cpu().numpy())

@@ -264,3 +264,37 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_dataset(inputs, finished, tmp_
             assert (a[k][col] is None) == (b[k][col] is None) and (
                 a[k][col] is None or np.array_equal(a[k][col], b[k][col])
             )
+
+
+@pytest.mark.gpu
+def test_page_locked_staging_returns_each_calls_own_arrays_across_threads(tmp_path):
+    """The CUDA workers stack inputs into reused page-locked buffers: concurrent calls (threads of one actor)
+    and back-to-back calls of one thread each get exactly their own arrays, and the tokens match a fresh
+    stack of the same arrays."""
+    import threading
+
+    import torch
+
+    from videopoet.pipelines.tokenize_stages import PoolConfig, VideoTokenizerConfig, VideoTokenizeStage
+
+    magvit, _ = make_checkpoints(tmp_path)
+    stage = VideoTokenizeStage(VideoTokenizerConfig(checkpoint=str(magvit)), PoolConfig(device="cuda"))
+    stage.setup()
+    rng = np.random.default_rng(0)
+    batches = [[rng.integers(0, 256, (17, 32, 32, 3), dtype=np.uint8) for _ in range(4)] for _ in range(8)]
+    got: dict[int, bool] = {}
+
+    def work(k: int) -> None:
+        for i in range(k, len(batches), 2):
+            x = stage._to_device(batches[i])
+            got[i] = bool(torch.equal(x.cpu(), torch.from_numpy(np.stack(batches[i]))))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert got == {i: True for i in range(len(batches))}
+    codes = stage._encode(batches[0])
+    x = torch.from_numpy(np.stack(batches[0])).cuda().permute(0, 4, 1, 2, 3).to(stage.dtype) / 127.5 - 1.0
+    with torch.inference_mode():
+        ref = stage.model.encode(x).to(torch.int32).cpu().numpy()
+    assert all(np.array_equal(c, r) for c, r in zip(codes, ref))
