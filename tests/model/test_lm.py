@@ -298,3 +298,28 @@ def test_config_errors_name_the_key():
         LMConfig.from_name("2B")
     with pytest.raises(ConfigError, match="attn_impl"):
         LMConfig.from_name("debug", attn_impl="xformers")
+
+
+def test_head_vocabulary_chunks_have_aligned_widths(monkeypatch):
+    """Every vocabulary chunk of the fused cross-entropy is a multiple of 8 columns wide (16-byte aligned bf16
+    rows: the Hopper GEMM kernels need it), for awkward token counts too, and the loss does not change."""
+    from videopoet.model import lm as lm_module
+
+    seen = []
+    real = lm_module._LinearCrossEntropy.apply
+    monkeypatch.setattr(
+        lm_module._LinearCrossEntropy, "apply", lambda h, w, t, cols: seen.append(cols) or real(h, w, t, cols)
+    )
+    g = torch.Generator().manual_seed(0)
+    V, d = 2000, 16
+    w = torch.randn(V, d, generator=g, dtype=torch.float64)
+    for N in (7, 300, 1234):
+        h = torch.randn(N, d, generator=g, dtype=torch.float64)
+        t = torch.randint(0, V, (N,), generator=g)
+        ce = lm_module.chunked_cross_entropy(h, w, t, chunk_size=97)
+        ref = torch.nn.functional.cross_entropy(h @ w.T, t, reduction="none")
+        assert torch.allclose(ce, ref)
+        if N <= 97:  # at most chunk_size tokens: one chunk, the whole vocabulary
+            assert seen[-1] == V
+        else:
+            assert seen[-1] < V and seen[-1] % 8 == 0, seen[-1]
