@@ -64,6 +64,24 @@ def make_inputs(root: Path, clips: int) -> Path:
     return cur
 
 
+def _windows_per_s(encode, x, windows: int, device: str) -> float:
+    """Windows per second of `encode(x)` (a batch of x.shape[0] windows) over at least `windows`, warmed up."""
+    import torch
+
+    with torch.inference_mode():
+        encode(x)  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        done = 0
+        while done < windows:
+            encode(x)
+            done += x.shape[0]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return done / (time.perf_counter() - t0)
+
+
 def bare_encode(magvit: str, windows: int, batch: int, device: str, threads: int) -> float:
     import torch
 
@@ -73,18 +91,7 @@ def bare_encode(magvit: str, windows: int, batch: int, device: str, threads: int
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32  # what the job's GPU workers use
     model = MagvitV2.from_pretrained(magvit, device=device, dtype=dtype)
     x = (torch.rand(batch, 3, 17, 128, 128, device=device) * 2 - 1).to(dtype)
-    with torch.inference_mode():
-        model.encode(x)  # warm-up
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        done = 0
-        while done < windows:
-            model.encode(x)
-            done += batch
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return done / (time.perf_counter() - t0)
+    return _windows_per_s(model.encode, x, windows, device)
 
 
 def bare_audio_encode(soundstream: str, windows: int, batch: int, device: str, threads: int) -> float:
@@ -98,18 +105,7 @@ def bare_audio_encode(soundstream: str, windows: int, batch: int, device: str, t
     torch.set_num_threads(threads)
     model = SoundStream.from_pretrained(soundstream, device=device)
     x = torch.rand(batch, WindowConfig().audio_samples, device=device) * 0.2 - 0.1
-    with torch.inference_mode():
-        model.encode(x)  # warm-up
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        done = 0
-        while done < windows:
-            model.encode(x)
-            done += batch
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / done
+    return 1.0 / _windows_per_s(model.encode, x, windows, device)
 
 
 def config(curated: Path, out: Path, args, extra: list[str]):
