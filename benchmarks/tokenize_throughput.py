@@ -134,6 +134,7 @@ def config(curated: Path, out: Path, args, extra: list[str]):
 
 
 def path_in_process(curated: Path, root: Path, args) -> float:
+    import pyarrow as pa
     import torch
 
     from videopoet.jobs import tokenize_shards
@@ -156,10 +157,13 @@ def path_in_process(curated: Path, root: Path, args) -> float:
     t_chain = 0.0
     for i in range(0, len(clips), args.batch_windows):
         rows = run_local([decode], clips[i : i + args.batch_windows])
+        block = pa.Table.from_pandas(
+            rows_to_frame(rows), preserve_index=False
+        )  # the decode tasks' output block
         t1 = time.perf_counter()
         if prof is not None:
             prof.enable()
-        out = chain(rows_to_frame(rows))  # as a Ray worker call: pandas in, pandas out
+        out = chain(block)  # as a Ray worker call: an Arrow batch in, pandas out
         if prof is not None:
             prof.disable()
         t_chain += time.perf_counter() - t1

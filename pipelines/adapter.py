@@ -45,8 +45,10 @@ def apply_stages(ds: ray.data.Dataset, stages: list[Stage]) -> ray.data.Dataset:
     """Append each stage to `ds` as a `map_batches` with its declared resources."""
     for stage in stages:
         res = stage.resources
+        fmt = stage.batch_format
+        # pyarrow batches are read-only views of the object store (what such stages want); pandas ones copies
         kwargs = dict(
-            batch_format="pandas", batch_size=stage.batch_size, num_cpus=res.cpus, zero_copy_batch=False
+            batch_format=fmt, batch_size=stage.batch_size, num_cpus=res.cpus, zero_copy_batch=fmt == "pyarrow"
         )
         if res.gpus:
             kwargs["num_gpus"] = res.gpus

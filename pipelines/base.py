@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 Row = dict[str, Any]
 
@@ -52,6 +54,9 @@ class Stage:
     """True when `setup()` loads something worth keeping: the adapter then uses an actor pool."""
     concurrency: int | tuple[int, int] | None = None
     """Actor-pool size for stateful stages (an int or (min, max)); None = sized from resources."""
+    batch_format: ClassVar[str] = "pandas"
+    """What Ray Data hands `__call__`: "pandas", or "pyarrow" (a read-only table whose binary columns reach
+    the stage as zero-copy views of the object store: no copy of decoded pixels into Python bytes)."""
     calls_in_flight: int = 1
     """Calls an actor of a stateful stage takes at once: Ray Data batches the next call's inputs and the last
     call's outputs while this one runs (the stage itself still runs one call at a time)."""
@@ -79,17 +84,43 @@ class Stage:
             return [reject(row, self.name, "error", f"{detail}\n{tb}")]
         return res if isinstance(res, list) else [res]
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = batch.to_dict("records")
+    def __call__(self, batch: pd.DataFrame | pa.Table) -> pd.DataFrame:
+        rows = batch_rows(batch)
         ok = [r for r in rows if r.get("status", OK) == OK]
         passed = [r for r in rows if r.get("status", OK) != OK]
         out = self.process_rows(ok) if ok else []
         return rows_to_frame(out + passed)
 
 
+def batch_rows(batch: pd.DataFrame | pa.Table) -> list[Row]:
+    """A Ray Data batch (pandas or pyarrow) as rows; see `arrow_rows` for pyarrow."""
+    return arrow_rows(batch) if isinstance(batch, pa.Table) else batch.to_dict("records")
+
+
+def arrow_rows(table: pa.Table) -> list[Row]:
+    """Rows of an Arrow table, binary columns as zero-copy `memoryview`s of the table's buffers (None where
+    null): `np.frombuffer` reads them in place; the views keep the buffers alive."""
+    binary = [f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    rows = table.drop_columns(binary).to_pylist() if binary else table.to_pylist()
+    for name in binary:
+        i = 0
+        for chunk in table.column(name).chunks:
+            _, offsets, data = chunk.buffers()
+            width = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+            off = np.frombuffer(offsets, dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+            view = memoryview(data) if data is not None else memoryview(b"")
+            for k in range(len(chunk)):
+                rows[i][name] = view[off[k] : off[k + 1]] if valid[k] else None
+                i += 1
+    return rows
+
+
 def rows_to_frame(rows: list[Row]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({"status": pd.Series([], dtype=object)})
+    if any(isinstance(v, memoryview) for r in rows for v in r.values()):  # views of an input table
+        rows = [{k: bytes(v) if isinstance(v, memoryview) else v for k, v in r.items()} for r in rows]
     frame = pd.DataFrame.from_records(rows)
     # pandas fills a key some rows lack with NaN; in a column of bytes (decoded pixels, waves) that float
     # stops Arrow from storing the block as a binary column (Ray Data then pickles it, and says so): None.

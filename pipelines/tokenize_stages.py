@@ -29,12 +29,13 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from videopoet.core.config import ConfigError, check, from_dict, to_dict
 from videopoet.core.errors import UserError
 from videopoet.core.io import exists, join
 from videopoet.core.log import get_logger
-from videopoet.pipelines.base import OK, Resources, Row, Stage, reject, rows_to_frame
+from videopoet.pipelines.base import OK, Resources, Row, Stage, batch_rows, reject, rows_to_frame
 from videopoet.pipelines.media import decode_audio, local_path, num, seek_video_frames
 from videopoet.pipelines.shards import sample_id
 
@@ -790,6 +791,7 @@ class ChainStage(Stage):
 
     name: ClassVar[str] = "tokenize"
     stateful: ClassVar[bool] = True
+    batch_format: ClassVar[str] = "pyarrow"  # decoded pixels are read in place, never copied into bytes
 
     def __init__(
         self,
@@ -821,8 +823,8 @@ class ChainStage(Stage):
             rows = done + bad
         return rows
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = batch.to_dict("records")
+    def __call__(self, batch: pd.DataFrame | pa.Table) -> pd.DataFrame:
+        rows = batch_rows(batch)
         ok = [r for r in rows if r.get("status", OK) == OK]
         out = (self.process_rows(ok) if ok else []) + [r for r in rows if r.get("status", OK) != OK]
         # every row gets every column, None where absent: a byte column with NaN holes (pandas' filler for

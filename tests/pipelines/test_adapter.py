@@ -132,3 +132,59 @@ def test_rows_to_frame_keeps_a_bytes_column_arrow_storable_when_some_rows_lack_i
     table = pa.Table.from_pandas(frame)
     assert pa.types.is_binary(table.schema.field("pixels").type)
     assert frame["score"].isna().tolist() == [True, True, False]  # numeric columns keep NaN
+
+
+class Sizes(Stage):
+    """Reads a binary column in place, as the tokenizer worker does with decoded pixels."""
+
+    name = "sizes"
+    batch_format = "pyarrow"
+
+    def process_row(self, row):
+        import numpy as np
+
+        data = row["blob"]
+        return {**row, "total": None if data is None else int(np.frombuffer(data, np.uint8).sum())}
+
+
+def test_arrow_rows_are_zero_copy_views_with_nulls_offsets_and_chunks():
+    import numpy as np
+    import pyarrow as pa
+
+    from videopoet.pipelines.base import arrow_rows, rows_to_frame
+
+    blobs = [bytes([i]) * (i + 1) for i in range(6)]
+    blobs[2] = None
+    for ty in (pa.binary(), pa.large_binary()):
+        whole = pa.table(
+            {"id": list(range(6)), "blob": pa.array(blobs, ty), "shape": [[i, 1] for i in range(6)]}
+        )
+        # two chunks, the second a slice (non-zero array offset), as Ray Data's concatenated blocks can be
+        table = pa.concat_tables([whole.slice(0, 2), whole.slice(2)])
+        assert table.column("blob").num_chunks == 2
+        rows = arrow_rows(table)
+        assert [r["id"] for r in rows] == list(range(6))
+        assert [None if r["blob"] is None else bytes(r["blob"]) for r in rows] == blobs
+        assert rows[4]["shape"] == [4, 1]
+        view = np.frombuffer(rows[5]["blob"], np.uint8)
+        chunk = table.column("blob").chunk(1)
+        start = chunk.buffers()[2].address
+        assert start <= view.ctypes.data < start + chunk.buffers()[2].size, "read in place, not copied"
+        frame = rows_to_frame(rows)  # leftover views go back out as bytes
+        assert frame["blob"].tolist() == blobs
+
+
+def test_a_pyarrow_stage_gets_the_same_rows_locally_and_on_ray(ray_local):
+    import ray.data
+
+    from videopoet.pipelines.adapter import apply_stages
+
+    rows = [{"x": i, "blob": bytes([i]) * i if i % 3 else None, "status": "ok"} for i in range(1, 25)]
+    local = sorted(run_local([Sizes()], rows), key=lambda r: r["x"])
+    ds = apply_stages(ray.data.from_items(rows, override_num_blocks=4), [Sizes()])
+    remote = sorted(ds.take_all(), key=lambda r: r["x"])
+    assert (
+        [r.get("total") for r in remote]
+        == [r.get("total") for r in local]
+        == [None if i % 3 == 0 else i * i for i in range(1, 25)]
+    )
