@@ -296,16 +296,6 @@ def build_engine(
     _point_deepspeed_at_cpu_if_needed()
     import deepspeed
 
-    opt = ds_config.get("optimizer") or {}
-    params = opt.get("params") or {}
-    if (
-        torch.cuda.is_available()
-        and str(opt.get("type", "")).lower() in ("adam", "adamw")
-        and params.get("torch_adam")
-        and "fused" not in params
-        and "foreach" not in params
-    ):  # torch's fused Adam: one pass over the flat fp32 partition instead of ~10 foreach passes
-        ds_config = {**ds_config, "optimizer": {**opt, "params": {**params, "fused": True}}}
     if wrapper is None:
         wrapper = LossModule(model, chunk_size=chunk_size)
         if zero_stage(ds_config) == 3:

@@ -453,8 +453,8 @@ def run_partitions(cfg: Config, state: RunState, pending: list[dict], meta: dict
     )
     # one block per decode task: 1-row blocks made Ray Data track and bundle thousands of tiny objects,
     # which slowed the dispatch of the (short) decode tasks
-    per_task = max(1, cfg.window.clips_per_task)
-    ds = ray.data.from_items(pending, override_num_blocks=max(1, min(-(-len(pending) // per_task), 4096)))
+    blocks = -(-len(pending) // cfg.window.clips_per_task)
+    ds = ray.data.from_items(pending, override_num_blocks=max(1, min(blocks, 4096)))
     ds = apply_stages(ds, stages)
     collector = _Collector(pending)
     expected = {p: set(ids) for p, ids in collector.clips_of.items()}

@@ -101,7 +101,7 @@ def arrow_rows(table: pa.Table) -> list[Row]:
     """Rows of an Arrow table, binary columns as zero-copy `memoryview`s of the table's buffers (None where
     null): `np.frombuffer` reads them in place; the views keep the buffers alive."""
     binary = [f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
-    rows = table.drop_columns(binary).to_pylist() if binary else table.to_pylist()
+    rows = table.drop_columns(binary).to_pylist()
     for name in binary:
         i = 0
         for chunk in table.column(name).chunks:

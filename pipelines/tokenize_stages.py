@@ -28,14 +28,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from videopoet.core.config import ConfigError, check, from_dict, to_dict
 from videopoet.core.errors import UserError
 from videopoet.core.io import exists, join
 from videopoet.core.log import get_logger
-from videopoet.pipelines.base import OK, Resources, Row, Stage, batch_rows, reject, rows_to_frame
+from videopoet.pipelines.base import OK, Resources, Row, Stage, reject
 from videopoet.pipelines.media import decode_audio, local_path, num, seek_video_frames
 from videopoet.pipelines.shards import sample_id
 
@@ -619,7 +617,7 @@ class _ModelStage(Stage):
 
     def _to_device(self, arrays: list[np.ndarray]):
         """`arrays` stacked on the worker's device. On CUDA they are stacked straight into a page-locked
-        buffer (one per thread, shape and dtype: concurrent calls of one actor run in threads) and copied
+        buffer (one per thread, shape and dtype: an actor's calls may run on different threads) and copied
         from it asynchronously: one host copy instead of two (stack, then the driver's staging of pageable
         memory). A buffer is refilled only after its previous copy to the device has completed."""
         import torch
@@ -822,16 +820,3 @@ class ChainStage(Stage):
                 done = [x for r in ok for x in s.safe_call(r, lambda r, s=s: s.process_rows([r]))]
             rows = done + bad
         return rows
-
-    def __call__(self, batch: pd.DataFrame | pa.Table) -> pd.DataFrame:
-        rows = batch_rows(batch)
-        ok = [r for r in rows if r.get("status", OK) == OK]
-        out = (self.process_rows(ok) if ok else []) + [r for r in rows if r.get("status", OK) != OK]
-        # every row gets every column, None where absent: a byte column with NaN holes (pandas' filler for
-        # a missing key) would make Ray Data fall back to pickling the column
-        keys = dict.fromkeys(k for r in out for k in r)
-        return rows_to_frame([{k: _none_if_nan(r.get(k)) for k in keys} for r in out])
-
-
-def _none_if_nan(v):
-    return None if isinstance(v, float) and v != v else v
