@@ -125,6 +125,7 @@ def config(curated: Path, out: Path, args, extra: list[str]):
             f"pool.cpus={args.threads}",
             f"pool.pad_batches={str(not args.no_pad).lower()}",
             f"pool.calls_in_flight={args.calls_in_flight}",
+            f"pool.concurrent_calls={args.concurrent_calls}",
             f"pool.workers_per_gpu={args.workers_per_gpu}",
             f"window.clips_per_task={args.clips_per_task}",
             *(["text.enabled=false"] if args.no_text else []),
@@ -231,6 +232,7 @@ def main() -> None:
     ap.add_argument("--profile-chain", action="store_true", help="cProfile the tokenizer calls (in-process)")
     ap.add_argument("--no-in-process", action="store_true", help="skip the serial in-process path")
     ap.add_argument("--calls-in-flight", type=int, default=2, help="pool.calls_in_flight")
+    ap.add_argument("--concurrent-calls", type=int, default=2, help="pool.concurrent_calls (GPU workers)")
     ap.add_argument("--workers-per-gpu", type=int, default=1, help="pool.workers_per_gpu")
     ap.add_argument("--clips-per-task", type=int, default=16, help="window.clips_per_task")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of the Ray run")

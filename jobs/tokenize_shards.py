@@ -260,6 +260,7 @@ def build_stages(cfg: Config, *, cluster_has_gpu: bool, num_cpus: float, num_gpu
         models.append(TextEmbedStage(cfg.text, cfg.pool, cluster_has_gpu=cluster_has_gpu))
     chain = ChainStage(models, batch_size=cfg.batch_windows, memory_mb=cfg.pool.memory_mb)
     chain.calls_in_flight = cfg.pool.calls_in_flight
+    chain.concurrent_calls = cfg.pool.concurrent_calls if chain.resources.gpus else 1
     if cfg.pool.workers:
         chain.concurrency = cfg.pool.workers
     elif chain.resources.gpus:

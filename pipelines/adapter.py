@@ -55,19 +55,26 @@ def apply_stages(ds: ray.data.Dataset, stages: list[Stage]) -> ray.data.Dataset:
         if res.memory_mb:
             kwargs["memory"] = res.memory_mb * 1024 * 1024
         if stage.stateful or res.gpus:
-            pool = _actor_pool(stage.concurrency, res, stage.calls_in_flight)
+            pool = _actor_pool(stage.concurrency, res, stage.calls_in_flight, stage.concurrent_calls)
             ds = ds.map_batches(_actor_class(stage), compute=pool, **kwargs)
         else:
             ds = ds.map_batches(_task_fn(stage), **kwargs)
     return ds
 
 
-def _actor_pool(concurrency: int | tuple[int, int] | None, res, calls_in_flight: int = 1):
+def _actor_pool(
+    concurrency: int | tuple[int, int] | None, res, calls_in_flight: int = 1, concurrent_calls: int = 1
+):
     """A fixed pool of `concurrency` actors, or an autoscaling (min, max) one (default: 1 up to what fits);
-    each actor batching up to `calls_in_flight` calls at once around one running UDF call."""
+    each actor batching up to `calls_in_flight` calls at once around one running UDF call, or running up to
+    `concurrent_calls` UDF calls at once on as many threads."""
     from ray.data import ActorPoolStrategy
 
-    calls = {"max_concurrent_calls_per_actor": calls_in_flight} if calls_in_flight > 1 else {}
+    calls = {}
+    if concurrent_calls > 1:
+        calls = {"max_concurrent_calls_per_actor": concurrent_calls, "enable_true_multi_threading": True}
+    elif calls_in_flight > 1:
+        calls = {"max_concurrent_calls_per_actor": calls_in_flight}
     if isinstance(concurrency, int):
         return ActorPoolStrategy(size=concurrency, **calls)
     lo, hi = concurrency or (1, _max_actors(res))

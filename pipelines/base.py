@@ -60,6 +60,9 @@ class Stage:
     calls_in_flight: int = 1
     """Calls an actor of a stateful stage takes at once: Ray Data batches the next call's inputs and the last
     call's outputs while this one runs (the stage itself still runs one call at a time)."""
+    concurrent_calls: int = 1
+    """Calls an actor of a stateful stage runs at once, each on its own thread (the stage must be thread-safe):
+    one call's host work then overlaps another's device work."""
 
     def setup(self) -> None:
         """Load models / open resources. Called once per worker before the first batch."""

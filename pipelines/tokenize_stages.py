@@ -198,7 +198,12 @@ class PoolConfig:
     could differ from an uninterrupted one in a few tokens. false: less compute on small runs."""
     calls_in_flight: int = 2
     """Calls a worker takes at once: Ray Data batches the next call's windows (and the last call's results)
-    while the models run; the models still run one call at a time, so results do not depend on it."""
+    while the models run (one call at a time unless concurrent_calls > 1)."""
+    concurrent_calls: int = 2
+    """Calls a GPU worker runs at once, each on its own thread and CUDA stream: one call's host work
+    (unpacking windows, staging copies, results) overlaps another's forward passes on the GPU. Each call's
+    forward passes are the same as when run alone, so results do not depend on it. CPU workers run one call
+    at a time (torch already uses their threads)."""
     memory_mb: int | None = 3072
     """Memory Ray reserves per worker for its models and batches (MiB). Declaring it also keeps Ray Data
     from fusing the decode tasks into these workers (it fuses stages with equal resources), so decoding
@@ -207,6 +212,7 @@ class PoolConfig:
     def __post_init__(self) -> None:
         check(self.cpus > 0, "pool.cpus", self.cpus, "> 0")
         check(self.calls_in_flight >= 1, "pool.calls_in_flight", self.calls_in_flight, ">= 1")
+        check(self.concurrent_calls >= 1, "pool.concurrent_calls", self.concurrent_calls, ">= 1")
         check(self.workers_per_gpu >= 1, "pool.workers_per_gpu", self.workers_per_gpu, ">= 1")
         check(self.memory_mb is None or self.memory_mb >= 1, "pool.memory_mb", self.memory_mb, "null or >= 1")
         check(self.workers is None or self.workers >= 1, "pool.workers", self.workers, "null or >= 1")
@@ -544,6 +550,24 @@ def pick_device(device: str, cluster_has_gpu: bool | None) -> bool:
 _PINNED = threading.local()
 """Page-locked staging buffers of the model stages' host-to-device copies, per thread (`_to_device`)."""
 
+_STREAMS = threading.local()
+
+
+def thread_stream(device):
+    """A context running this thread's CUDA work on its own stream (made once per thread and device), so
+    concurrent calls of one worker never wait on each other's kernels when they synchronize (a result's copy
+    to the host waits only for its own stream); a no-op off CUDA."""
+    import contextlib
+
+    import torch
+
+    if device is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    streams = _STREAMS.__dict__.setdefault("streams", {})
+    if str(device) not in streams:
+        streams[str(device)] = torch.cuda.Stream(device)
+    return torch.cuda.stream(streams[str(device)])
+
 
 class _ModelStage(Stage):
     """Shared device handling: one GPU per worker when `use_gpu`, else `pool.cpus` CPU threads."""
@@ -811,6 +835,11 @@ class ChainStage(Stage):
             s.setup()
 
     def process_rows(self, rows: list[Row]) -> list[Row]:
+        device = next((d for s in self.stages if (d := getattr(s, "device", None)) is not None), None)
+        with thread_stream(device):  # concurrent calls (pool.concurrent_calls) each on their own stream
+            return self._run(rows)
+
+    def _run(self, rows: list[Row]) -> list[Row]:
         for s in self.stages:
             ok = [r for r in rows if r.get("status", OK) == OK]
             bad = [r for r in rows if r.get("status", OK) != OK]

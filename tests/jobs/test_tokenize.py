@@ -298,3 +298,48 @@ def test_page_locked_staging_returns_each_calls_own_arrays_across_threads(tmp_pa
     with torch.inference_mode():
         ref = stage.model.encode(x).to(torch.int32).cpu().numpy()
     assert all(np.array_equal(c, r) for c, r in zip(codes, ref))
+
+
+@pytest.mark.gpu
+def test_concurrent_gpu_calls_on_their_own_streams_give_the_serial_tokens(tmp_path):
+    """A GPU worker runs `pool.concurrent_calls` calls at once, each on its thread's CUDA stream: every
+    window's tokens equal those of the same calls run one after another."""
+    import threading
+
+    from videopoet.pipelines.tokenize_stages import (
+        ChainStage,
+        PoolConfig,
+        VideoTokenizerConfig,
+        VideoTokenizeStage,
+    )
+
+    magvit, _ = make_checkpoints(tmp_path)
+    video = VideoTokenizeStage(
+        VideoTokenizerConfig(checkpoint=str(magvit), batch_size=4), PoolConfig(device="cuda")
+    )
+    chain = ChainStage([video])
+    chain.setup()
+    rng = np.random.default_rng(1)
+    calls = [
+        [
+            {
+                "status": "ok",
+                "pixels": rng.integers(0, 256, (17, 32, 32, 3), np.uint8).tobytes(),
+                "pixels_shape": [17, 32, 32, 3],
+            }
+            for _ in range(4)
+        ]
+        for _ in range(8)
+    ]
+    serial = [chain.process_rows(c) for c in calls]
+    parallel: dict[int, list] = {}
+
+    def work(k: int) -> None:
+        for i in range(k, len(calls), 2):
+            parallel[i] = chain.process_rows(calls[i])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for i, rows in enumerate(serial):
+        assert [r["video_tokens"] for r in parallel[i]] == [r["video_tokens"] for r in rows]
