@@ -15,7 +15,10 @@ checkpoints (random weights, made here) unless given. It measures windows per se
 - path (Ray, --ray): the real job (`jobs/tokenize_shards.py`) on an embedded Ray with one tokenizer
   worker (`pool.cpus` = --threads) and one decode task beside it, decoding overlapping tokenizing. Two
   runs, on --batch-windows and on --clips windows; the marginal windows/s between them excludes the
-  start-up both pay (Ray Data plan, worker processes, model loading).
+  start-up both pay (Ray Data plan, worker processes, model loading). Use several thousand windows on
+  a GPU (`--clips 6336`): start-up varies by a second or more between runs;
+- worker alone (--worker): the tokenizer worker's `ChainStage` on ready decoded blocks from
+  `pool.concurrent_calls` threads, as a GPU worker runs them: the ceiling without decoding and Ray.
 Target: path / bare >= 0.8 (meant for the GPU, where decoding runs on other cores than the encoder).
 """
 
@@ -182,6 +185,45 @@ def path_in_process(curated: Path, root: Path, args) -> float:
     return len(clips) / total
 
 
+def worker_ceiling(curated: Path, root: Path, args) -> float:
+    """Windows/s of the tokenizer worker alone: the job's `ChainStage` called on ready decoded Arrow blocks
+    of --batch-windows windows from --concurrent-calls threads at once, as a Ray GPU worker runs them (no
+    decoding, no Ray). What the job could reach if decoding and Ray's plumbing cost nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import torch
+
+    from videopoet.jobs import tokenize_shards
+    from videopoet.pipelines.base import rows_to_frame, run_local
+
+    cfg = config(curated, root / "unused", args, [f"batch_windows={args.batch_windows}"])
+    clips = [dict(c, partition=0, status="ok") for c in tokenize_shards.read_clips(str(curated))]
+    decode, chain = tokenize_shards.build_stages(
+        cfg, cluster_has_gpu=args.device.startswith("cuda"), num_cpus=args.threads + 1, num_gpus=1
+    )
+    chain.setup()
+    decode.setup()
+    n = min(len(clips), 8 * args.batch_windows)  # decoded once, then fed round and round
+    blocks = [
+        pa.Table.from_pandas(
+            rows_to_frame(run_local([decode], clips[i : i + args.batch_windows])), preserve_index=False
+        )
+        for i in range(0, n - args.batch_windows + 1, args.batch_windows)
+    ]
+    threads = chain.concurrent_calls if args.device.startswith("cuda") else 1
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(chain, blocks[:threads]))  # warm-up
+        calls = [blocks[i % len(blocks)] for i in range(max(len(blocks), len(clips) // args.batch_windows))]
+        t0 = time.perf_counter()
+        outs = list(pool.map(chain, calls))
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    assert all(o["video_tokens"].notna().all() for o in outs)
+    return sum(len(b) for b in calls) / wall
+
+
 def path_ray(root: Path, args) -> float:
     """The real job on an embedded Ray: (N - n) / (T(N) - T(n)) from a run on n and one on N windows, so
     the start-up both pay (Ray Data plan, worker processes, model loading) cancels out."""
@@ -230,9 +272,12 @@ def main() -> None:
         "--object-store-mb", type=int, default=None, help="Ray object store (default 256 MiB per CPU)"
     )
     ap.add_argument("--profile-chain", action="store_true", help="cProfile the tokenizer calls (in-process)")
+    ap.add_argument(
+        "--worker", action="store_true", help="also time the tokenizer worker alone on ready decoded blocks"
+    )
     ap.add_argument("--no-in-process", action="store_true", help="skip the serial in-process path")
-    ap.add_argument("--calls-in-flight", type=int, default=2, help="pool.calls_in_flight")
-    ap.add_argument("--concurrent-calls", type=int, default=2, help="pool.concurrent_calls (GPU workers)")
+    ap.add_argument("--calls-in-flight", type=int, default=3, help="pool.calls_in_flight")
+    ap.add_argument("--concurrent-calls", type=int, default=3, help="pool.concurrent_calls (GPU workers)")
     ap.add_argument("--workers-per-gpu", type=int, default=1, help="pool.workers_per_gpu")
     ap.add_argument("--clips-per-task", type=int, default=16, help="window.clips_per_task")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of the Ray run")
@@ -264,6 +309,12 @@ def main() -> None:
             print(
                 f"job path, in-process:    {local:8.2f} windows/s  ratio {local / bare:.2f}  (decode + video + audio + text, serial)"
                 f"; {local / bare_all:.2f} of both tokenizers"
+            )
+        if args.worker:
+            ceiling = worker_ceiling(curated, root, args)
+            print(
+                f"tokenizer worker alone:  {ceiling:8.2f} windows/s  ratio {ceiling / bare:.2f}  (decoded blocks, "
+                f"{args.concurrent_calls if args.device.startswith('cuda') else 1} concurrent call(s), no Ray)"
             )
         if args.ray:
             ray_wps = path_ray(root, args)

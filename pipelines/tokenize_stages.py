@@ -196,10 +196,10 @@ class PoolConfig:
     captions one at a time): a window's tokens then never depend on which other windows shared its batch.
     Without it, floating-point differences between batch shapes flip near-tie codes, so a resumed run
     could differ from an uninterrupted one in a few tokens. false: less compute on small runs."""
-    calls_in_flight: int = 2
+    calls_in_flight: int = 3
     """Calls a worker takes at once: Ray Data batches the next call's windows (and the last call's results)
     while the models run (one call at a time unless concurrent_calls > 1)."""
-    concurrent_calls: int = 2
+    concurrent_calls: int = 3
     """Calls a GPU worker runs at once, each on its own thread and CUDA stream: one call's host work
     (unpacking windows, staging copies, results) overlaps another's forward passes on the GPU. Each call's
     forward passes are the same as when run alone, so results do not depend on it. CPU workers run one call
@@ -657,10 +657,25 @@ class _ModelStage(Stage):
             host = torch.from_numpy(np.empty(key[0], arrays[0].dtype)).pin_memory()
         np.stack(arrays, out=host.numpy())
         x = host.to(self.device, non_blocking=True)
-        copied = torch.cuda.Event()
+        copied = torch.cuda.Event(blocking=True)
         copied.record()
         bufs[key] = (host, copied)
         return x
+
+    def _to_host(self, x) -> np.ndarray:
+        """`x` as a host array. On CUDA the wait for the copy sleeps on a blocking event instead of spinning
+        (`.cpu()` spins a core per waiting call: with concurrent calls and decode tasks on the same machine,
+        that starves the host work the waits are meant to overlap)."""
+        import torch
+
+        if x.device.type != "cuda":
+            return x.numpy()
+        host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        host.copy_(x, non_blocking=True)
+        done = torch.cuda.Event(blocking=True)
+        done.record()
+        done.synchronize()
+        return host.numpy()
 
 
 class VideoTokenizeStage(_ModelStage):
@@ -689,7 +704,7 @@ class VideoTokenizeStage(_ModelStage):
         x = x / 127.5 - 1.0
         with torch.inference_mode():
             codes = self.model.encode(x)  # (B, T', H', W')
-        return list(codes.to(torch.int32).cpu().numpy())
+        return list(self._to_host(codes.to(torch.int32)))
 
     def _store(self, row: Row, key: str, result: np.ndarray) -> None:
         out = "video_tokens" if key == "pixels" else "sr_video_tokens"
@@ -738,7 +753,7 @@ class AudioTokenizeStage(_ModelStage):
         x = self._to_device(arrays)
         with torch.inference_mode():
             codes = self.model.encode(x)  # (B, levels, frames)
-        return list(codes.to(torch.int32).cpu().numpy())
+        return list(self._to_host(codes.to(torch.int32)))
 
     def _store(self, row: Row, key: str, result: np.ndarray) -> None:
         # stored (levels, frames) in C order = level-major, as the LM lays audio out
