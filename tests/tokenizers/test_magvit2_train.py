@@ -156,6 +156,66 @@ def test_loader_batches_crops_and_resume(cache):
         ClipLoader(c, frames=33, crop=(32, 32), seed=0).video_batch(1)
 
 
+def test_still_motion_clips_are_constant_speed_camera_moves_inside_the_image(cache):
+    """`still_motion` clips move a box at constant speed over a cached image; a whole-pixel box of the crop's
+    size reproduces the plain crop exactly, and the clips resume like video batches."""
+    from videopoet.tokenizers.magvit2.data import _move_over
+
+    loader = ClipLoader(VideoCache(cache), frames=5, crop=(32, 32), seed=0, still_motion=1.0, still_zoom=1.3)
+    specs = loader.sample_video(64)
+    assert all(s.boxes is not None and s.frames == [0] * 5 for s in specs)
+    for s in specs:
+        h, w = s.size
+        b = np.array(s.boxes)  # (T, 4): top, left, height, width
+        assert (b[:, 0] >= -1e-6).all() and (b[:, 1] >= -1e-6).all()
+        assert (b[:, 0] + b[:, 2] <= h + 1e-6).all() and (b[:, 1] + b[:, 3] <= w + 1e-6).all()
+        assert np.allclose(np.diff(b, 2, axis=0), 0, atol=1e-6), "constant speed"
+        assert (b[:, 2:] >= 32 - 1e-6).all(), "never upsamples past the stored pixels"
+    assert sum(not np.allclose(s.boxes[0], s.boxes[-1]) for s in specs) > 48, "the camera moves"
+    x = loader.load(specs[:3])
+    assert x.shape == (3, 3, 5, 32, 32) and -1 <= float(x.min()) < float(x.max()) <= 1
+    assert not torch.equal(x[:, :, 0], x[:, :, -1])
+
+    image = torch.rand(3, 48, 64) * 255
+    moved = _move_over(image, [(5.0, 7.0, 32.0, 32.0), (6.0, 9.0, 32.0, 32.0)], (32, 32), flip=False)
+    assert torch.allclose(moved[0], image[:, 5:37, 7:39], atol=1e-3)
+    assert torch.allclose(moved[1], image[:, 6:38, 9:41], atol=1e-3)
+
+    state = loader.state_dict()
+    a = loader.video_batch(2)
+    loader.load_state_dict(state)
+    assert torch.equal(loader.video_batch(2), a)
+    mixed = ClipLoader(VideoCache(cache), frames=5, crop=(32, 32), seed=0, still_motion=0.5)
+    kinds = [s.boxes is None for s in mixed.sample_video(200)]
+    assert 60 < sum(kinds) < 140, "about half real windows"
+
+
+def test_init_from_starts_a_new_run_from_released_weights(cache, tmp_path):
+    from videopoet.tokenizers.magvit2.train import MagvitTrainer
+
+    common = {"data.cache": cache, "steps": 2, "image_steps": 0, "gan_start_step": None, "eval_every": 0,
+              "tensorboard": False, "data.eval_clips": 1, "data.eval_images": 0, "data.eval_examples": 0}  # fmt: skip
+    first = tmp_path / "first"
+    train(debug_config(**common, out_dir=str(first), seed=3))
+    released = MagvitV2.from_pretrained(str(first / "checkpoint")).state_dict()
+    trainer = MagvitTrainer(
+        debug_config(**common, out_dir=str(tmp_path / "second"), init_from=str(first / "checkpoint"))
+    )
+    got = trainer.model.state_dict()
+    assert all(torch.equal(got[k], released[k].float()) for k in released)
+    fresh = MagvitTrainer(debug_config(**common, out_dir=str(tmp_path / "third"))).model.state_dict()
+    assert not all(torch.equal(fresh[k], got[k]) for k in got)
+    with pytest.raises(UserError, match="different architecture.*channels: 8 vs 16"):
+        MagvitTrainer(
+            debug_config(
+                **common,
+                out_dir=str(tmp_path / "fourth"),
+                init_from=str(first / "checkpoint"),
+                **{"model.channels": 16},
+            )
+        )
+
+
 # ---- inflation -------------------------------------------------------------------------------------------
 def test_inflation_keeps_images_and_makes_frames_independent():
     torch.manual_seed(0)

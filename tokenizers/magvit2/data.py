@@ -100,6 +100,8 @@ class PrepareConfig:
     """Media sources (see MediaInput); each entry: {uri, split, license, max_files}."""
     short_side: int = 144
     """Frames and images are resized (area filter, aspect kept) so their short side is this many pixels; smaller sources are kept at their size."""
+    image_short_side: int | None = None
+    """Short side of cached images (null = short_side): larger keeps room for camera moves over stills (VideoDataConfig.still_motion)."""
     min_short_side: int = 128
     """Sources whose short side is below this are skipped (upscaled frames would teach blur)."""
     window_frames: int = 17
@@ -127,6 +129,12 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         check(self.short_side >= 16, "short_side", self.short_side, ">= 16")
+        check(
+            self.image_short_side is None or self.image_short_side >= 16,
+            "image_short_side",
+            self.image_short_side,
+            ">= 16 or null",
+        )
         check(self.min_short_side >= 1, "min_short_side", self.min_short_side, ">= 1")
         check(self.window_frames >= 2, "window_frames", self.window_frames, ">= 2")
         check(all(f > 0 for f in self.fps), "fps", self.fps, "a list of positive frame rates")
@@ -437,7 +445,7 @@ def decode_image(src: MediaSource, cfg: PrepareConfig) -> dict:
     width, height = img.size
     if min(width, height) < cfg.min_short_side:
         return {"skip": f"short side {min(width, height)} px < min_short_side {cfg.min_short_side}"}
-    w, h = reduced_size(width, height, cfg.short_side)
+    w, h = reduced_size(width, height, cfg.image_short_side or cfg.short_side)
     if (w, h) != (width, height):
         img = img.resize(
             (w, h), Image.Resampling.BOX if min(width, height) >= 2 * h else Image.Resampling.LANCZOS
@@ -686,6 +694,30 @@ def decode_frames(blobs: list[bytes], device: Any = "cpu"):
     return decode_jpeg(data, mode=ImageReadMode.RGB)
 
 
+def _move_over(image, boxes: list[tuple[float, float, float, float]], crop: tuple[int, int], flip: bool):
+    """(T, 3, crop_h, crop_w): each (top, left, height, width) box of a (3, H, W) float image resampled
+    bilinearly to the crop (a box of exactly the crop's size on whole pixels reproduces the plain crop)."""
+    import torch
+    import torch.nn.functional as F
+
+    _, h, w = image.shape
+    b = torch.tensor(boxes, dtype=torch.float32, device=image.device)  # (T, 4)
+    theta = torch.zeros(len(boxes), 2, 3, device=image.device)
+    theta[:, 0, 0] = b[:, 3] / w  # output [-1, 1] spans the box's edges (align_corners=False)
+    theta[:, 0, 2] = (2 * b[:, 1] + b[:, 3]) / w - 1
+    theta[:, 1, 1] = b[:, 2] / h
+    theta[:, 1, 2] = (2 * b[:, 0] + b[:, 2]) / h - 1
+    grid = F.affine_grid(theta, [len(boxes), 3, *crop], align_corners=False)
+    x = F.grid_sample(
+        image.expand(len(boxes), -1, -1, -1),
+        grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
+    return x.flip(-1) if flip else x
+
+
 @dataclass
 class ClipSpec:
     """Which frames of which row, and how to resize, crop and flip them (all decided by the sampler's RNG)."""
@@ -697,6 +729,9 @@ class ClipSpec:
     top: int
     left: int
     flip: bool
+    boxes: list[tuple[float, float, float, float]] | None = None
+    """A camera move over a still (`frames` then repeats its one frame): per output frame the (top, left,
+    height, width) in stored pixels that is resampled to the crop size; None = the plain crop above."""
 
 
 def resized_size(h: int, w: int, short_side: int | None, crop: tuple[int, int]) -> tuple[int, int]:
@@ -729,7 +764,11 @@ class ClipLoader:
         short_side: int | None = None,
         hflip: bool = True,
         image_sources: Literal["images", "frames", "both"] = "both",
+        still_motion: float = 0.0,
+        still_shift: float = 0.3,
+        still_zoom: float = 1.25,
     ):
+        self.still_motion, self.still_shift, self.still_zoom = still_motion, still_shift, still_zoom
         self.rows = cache.rows(split)
         self.frames, self.crop, self.short_side, self.hflip = frames, tuple(crop), short_side, hflip
         self.video_rows = [
@@ -740,6 +779,7 @@ class ClipLoader:
         self.image_rows = {"images": image_rows, "frames": frame_rows, "both": image_rows + frame_rows}[
             image_sources
         ]
+        self.still_rows = image_rows
         self.rng = np.random.default_rng(seed)
         self.split, self.cache_url = split, cache.url
 
@@ -756,7 +796,46 @@ class ClipLoader:
             top, left, flip = (h - ch) // 2, (w - cw) // 2, False
         return ClipSpec(row=row, frames=frames, size=(h, w), top=top, left=left, flip=flip)
 
+    def _still_spec(self, row: int) -> ClipSpec:
+        """A virtual camera moving at constant speed over a still: a random start box (1 to 1.5 times the
+        crop, inside the image), a random shift of up to `still_shift` crop sizes and a zoom of up to
+        `still_zoom` between the first and the last frame, clamped to the image."""
+        r = self.rows[row]
+        h, w = r["height"], r["width"]
+        ch, cw = self.crop
+        fit = min(h / ch, w / cw)  # largest scale at which the box still fits
+        zoom = float(np.exp(self.rng.uniform(-1, 1) * np.log(self.still_zoom)))
+        s0 = float(self.rng.uniform(1.0, max(1.0, min(1.5, fit))))
+        s1 = min(max(s0 * zoom, min(1.0, fit)), fit)
+        s0 = min(s0, fit)
+        angle = self.rng.uniform(0, 2 * np.pi)
+        dist = self.rng.uniform(0, self.still_shift) * min(ch, cw) * (s0 + s1) / 2
+        c0 = np.array(
+            [self.rng.uniform(ch * s0 / 2, h - ch * s0 / 2), self.rng.uniform(cw * s0 / 2, w - cw * s0 / 2)]
+        )
+        c1 = c0 + dist * np.array([np.sin(angle), np.cos(angle)])
+        c1 = np.clip(c1, [ch * s1 / 2, cw * s1 / 2], [h - ch * s1 / 2, w - cw * s1 / 2])
+        boxes = []
+        for t in np.linspace(0.0, 1.0, self.frames):
+            sc, (cy, cx) = s0 + (s1 - s0) * t, c0 + (c1 - c0) * t
+            boxes.append((float(cy - ch * sc / 2), float(cx - cw * sc / 2), float(ch * sc), float(cw * sc)))
+        flip = bool(self.hflip and self.rng.random() < 0.5)
+        return ClipSpec(row=row, frames=[0] * self.frames, size=(h, w), top=0, left=0, flip=flip, boxes=boxes)
+
     def sample_video(self, n: int) -> list[ClipSpec]:
+        if self.still_motion > 0 and self.still_rows:
+            out = []
+            for _ in range(n):
+                if self.rng.random() < self.still_motion or not self.video_rows:
+                    out.append(
+                        self._still_spec(self.still_rows[int(self.rng.integers(len(self.still_rows)))])
+                    )
+                else:
+                    out += self._sample_windows(1)
+            return out
+        return self._sample_windows(n)
+
+    def _sample_windows(self, n: int) -> list[ClipSpec]:
         if not self.video_rows:
             raise UserError(
                 f"video cache {self.cache_url} has no {self.split} windows of >= {self.frames} frames; add videos "
@@ -807,6 +886,9 @@ class ClipLoader:
             x = torch.stack(images[k : k + len(s.frames)])  # (T, 3, h, w) uint8
             k += len(s.frames)
             x = x.float()
+            if s.boxes is not None:
+                clips.append(_move_over(x[0], s.boxes, (ch, cw), s.flip))
+                continue
             if tuple(x.shape[-2:]) != s.size:
                 x = F.interpolate(x, size=s.size, mode="bilinear", antialias=True, align_corners=False)
             x = x[:, :, s.top : s.top + ch, s.left : s.left + cw]

@@ -120,6 +120,12 @@ class VideoDataConfig:
     """Flip training clips horizontally with probability 0.5."""
     image_sources: Literal["images", "frames", "both"] = "both"
     """What image batches draw from: cached images, single frames of cached video windows, or both."""
+    still_motion: float = 0.0
+    """Share of training video clips made by a virtual camera moving over a cached image (a constant-speed pan and zoom, see still_shift / still_zoom) instead of a real video window: real image content with simple motion, for variety when real videos are few. 0 = real windows only."""
+    still_shift: float = 0.3
+    """Largest camera shift over one still clip, in crop sizes."""
+    still_zoom: float = 1.25
+    """Largest zoom factor (in or out) between the first and the last frame of a still clip."""
     decode_on_device: bool = True
     """Decode JPEG frames on the GPU (nvJPEG via torchvision) when training on CUDA; else on the CPU."""
     eval_clips: int | None = 64
@@ -133,6 +139,9 @@ class VideoDataConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.cache), "cache", self.cache, "a folder path or URL")
+        check(0.0 <= self.still_motion <= 1.0, "still_motion", self.still_motion, "in [0, 1]")
+        check(self.still_shift >= 0, "still_shift", self.still_shift, ">= 0")
+        check(self.still_zoom >= 1.0, "still_zoom", self.still_zoom, ">= 1")
         check(self.frames >= 1, "frames", self.frames, ">= 1")
         check(
             self.frames <= self.prepare.window_frames,
@@ -220,6 +229,8 @@ class TrainConfig:
     """Dtype of the released checkpoint/ weights (the resumable state is always full precision)."""
     resume: bool = True
     """Continue from out_dir/state when it exists (exactly: same batches, RNG and optimizer state)."""
+    init_from: str | None = None
+    """Start a new run (not a resume) from the generator weights of this checkpoint folder (config.json + model.safetensors, local path or fsspec URL, as `MagvitV2.from_pretrained` reads); its model config must equal `model` (the loss weights may differ). Fine-tuning a video checkpoint: also image_steps=0 inflate=false. null = random init."""
     max_time_s: float | None = None
     """Stop after this much wall-clock time of training steps (then evaluate and save); null = no limit."""
     stop_after_steps: int | None = None
@@ -383,13 +394,23 @@ class MagvitTrainer:
         loader_kw = dict(
             frames=d.frames, crop=tuple(d.crop), short_side=d.short_side, image_sources=d.image_sources
         )
-        self.loader = ClipLoader(self.cache, seed=cfg.seed + self.dist.rank, hflip=d.hflip, **loader_kw)
+        self.loader = ClipLoader(
+            self.cache,
+            seed=cfg.seed + self.dist.rank,
+            hflip=d.hflip,
+            still_motion=d.still_motion,
+            still_shift=d.still_shift,
+            still_zoom=d.still_zoom,
+            **loader_kw,
+        )
         self.eval_loader = ClipLoader(self.cache, split="heldout", seed=0, hflip=False, **loader_kw)
         if not self.eval_loader.rows and self.dist.main:
             log.warning("the cache has no held-out rows: the run will report no held-out metrics")
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = MagvitV2(cfg.model).to(self.device).train()
+        if cfg.init_from:
+            self._init_from(cfg.init_from)
         self.disc: Discriminator3D | None = None
         if cfg.gan_start_step is not None:
             dcfg = cfg.model.discriminator
@@ -441,6 +462,35 @@ class MagvitTrainer:
         self.train_time_s = 0.0
         self.tb = None
         self._last_codes: Tensor | None = None
+
+    def _init_from(self, url: str) -> None:
+        """Copy the generator weights of a released checkpoint into the fresh model (a resume overrides them)."""
+        src = MagvitV2.from_pretrained(url, device="cpu")
+        arch = (
+            "in_channels",
+            "channels",
+            "channel_mults",
+            "time_downsample",
+            "num_res_blocks",
+            "norm_groups",
+        )
+        arch += ("upsample_kernel", "codebook_bits")
+
+        def value(cfg, key):
+            v = getattr(cfg, key)
+            return list(v) if isinstance(v, (list, tuple)) else v
+
+        diff = [f"{k}: {value(src.cfg, k)} vs {value(self.cfg.model, k)}" for k in arch]
+        diff = [d for k, d in zip(arch, diff) if value(src.cfg, k) != value(self.cfg.model, k)]
+        if diff:
+            raise UserError(
+                f"init_from={url} is a different architecture ({'; '.join(diff)}); use a checkpoint of this "
+                "model config or set init_from=null"
+            )
+        with torch.no_grad():
+            for name, p in self.model.state_dict().items():
+                p.copy_(src.state_dict()[name].to(p.dtype))
+        log.info("initialised the generator from %s", url)
 
     # ---- state --------------------------------------------------------------------------------------------
     def _state_url(self, name: str) -> str:
