@@ -34,6 +34,7 @@ import gzip
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -589,7 +590,7 @@ class DebCache:
         root = self.dir / "root" / stem
         copyright_path = f"usr/share/doc/{package}/copyright"
         wanted = sorted(set(patterns) | {copyright_path})
-        marker = root / ".extracted.json"
+        marker = root / ".extracted.v2.json"  # v2: links unpacked as copies (v1 markers re-extract)
         done = set(json.loads(marker.read_text())) if marker.is_file() else set()
         if not set(wanted) <= done:
             wanted = sorted(set(wanted) | done)
@@ -604,22 +605,53 @@ class DebCache:
 
 
 def _unpack(dpkg_deb: str, deb: Path, patterns: list[str], root: Path) -> int:
-    """Stream the .deb's data tarball (`dpkg-deb --fsys-tarfile`) and write only matching regular files."""
+    """Stream the .deb's data tarball (`dpkg-deb --fsys-tarfile`) and write only matching regular files. A
+    matching symbolic link to a file of the package (wallpaper packages link one picture under many names)
+    is written as a copy of its target, read in a second pass."""
+    links: dict[str, list[str]] = {}  # target member -> matching link names
+
+    def wanted(m: tarfile.TarInfo) -> tuple[str, list[str]]:
+        name = m.name.removeprefix("./")
+        if ".." in name.split("/") or not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            return name, []
+        if m.isfile():
+            return name, [name]
+        if m.issym():
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.linkname))
+            if not target.startswith(("../", "/")) and target != "..":
+                links.setdefault(target, []).append(name)
+        return name, []
+
+    n = _stream_members(dpkg_deb, deb, root, wanted)
+    if links:
+        n += _stream_members(
+            dpkg_deb,
+            deb,
+            root,
+            lambda m: (name := m.name.removeprefix("./"), links.get(name, []) if m.isfile() else []),
+        )
+    return n
+
+
+def _stream_members(dpkg_deb: str, deb: Path, root: Path, select) -> int:
+    """One pass over the .deb's data tarball: `select(member) -> (name, paths)` writes a regular member's
+    content to each of `paths` under `root`; returns the files written."""
     n = 0
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([dpkg_deb, "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=err)
         try:
             with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
                 for m in tar:
-                    name = m.name.removeprefix("./")
-                    if (
-                        m.isfile()
-                        and ".." not in name.split("/")
-                        and any(fnmatch.fnmatchcase(name, p) for p in patterns)
-                    ):
-                        src = tar.extractfile(m)
-                        atomic_write(str(root / name), lambda f, src=src: shutil.copyfileobj(src, f))
-                        n += 1
+                    _, paths = select(m)
+                    if not paths:
+                        continue
+                    src = tar.extractfile(m)
+                    atomic_write(str(root / paths[0]), lambda f, src=src: shutil.copyfileobj(src, f))
+                    for path in paths[1:]:  # more links to one target
+                        atomic_write(
+                            str(root / path), lambda f, first=root / paths[0]: f.write(first.read_bytes())
+                        )
+                    n += len(paths)
         except tarfile.TarError as e:
             proc.kill()
             raise UserError(f"{deb} is not a readable .deb ({e}); delete it to download it again") from None

@@ -239,6 +239,9 @@ def test_unpack_selected_members_of_a_deb_built_here(tmp_path, assets):
     import subprocess
 
     pkg = _fake_package(tmp_path, assets)
+    (pkg.root / "usr/share/fakepkg/links").mkdir(parents=True)
+    (pkg.root / "usr/share/fakepkg/links/a_hello.wav").symlink_to("../sounds/hello.wav")
+    (pkg.root / "usr/share/fakepkg/links/b_outside.wav").symlink_to("../../../../../etc/hostname")
     (pkg.root / "DEBIAN").mkdir()
     (pkg.root / "DEBIAN/control").write_text(
         "Package: fakepkg\nVersion: 1:1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n"
@@ -260,6 +263,16 @@ def test_unpack_selected_members_of_a_deb_built_here(tmp_path, assets):
         == (assets / "speech_librivox.wav").read_bytes()
     )
     assert not (got.root / "usr/share/fakepkg/sounds/loop.flac").exists(), "only the asked-for members"
+    # a symbolic link into the package (wallpaper packages link one picture under many names) is unpacked as
+    # a copy of its target (read in a second pass: the target may come later in the archive)
+    got = cache.extract("fakepkg", ["usr/share/fakepkg/links/*.wav"])
+    assert (
+        got.file("usr/share/fakepkg/links/a_hello.wav").read_bytes()
+        == (assets / "speech_librivox.wav").read_bytes()
+    )
+    assert not (got.root / "usr/share/fakepkg/links/b_outside.wav").exists(), (
+        "links out of the package are skipped"
+    )
     got = cache.extract("fakepkg", ["usr/share/fakepkg/sounds/loop.flac"])  # asking for more unpacks more
     assert got.file("usr/share/fakepkg/sounds/loop.flac").stat().st_size > 0
 
