@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -225,6 +226,10 @@ class HFTextEncoder:
             if bars:
                 hf_logging.enable_progress_bar()
         self.model.to(cfg.device).eval().requires_grad_(False)
+        # a fast tokenizer's __call__ re-sets truncation and padding on a shared Rust object: two threads at once
+        # fail with "RuntimeError: Already borrowed" (huggingface/tokenizers#537); the tokenize job's GPU workers
+        # run concurrent calls
+        self._tokenizer_lock = threading.Lock()
         self.dim: int = int(
             self.model.config.hidden_size
             if hasattr(self.model.config, "hidden_size")
@@ -247,9 +252,14 @@ class HFTextEncoder:
         bs = self.cfg.batch_size
         for start in range(0, len(captions), bs):
             batch = list(captions[start : start + bs])
-            tok = self.tokenizer(
-                batch, padding="longest", truncation=True, max_length=self.cfg.max_tokens, return_tensors="pt"
-            )
+            with self._tokenizer_lock:
+                tok = self.tokenizer(
+                    batch,
+                    padding="longest",
+                    truncation=True,
+                    max_length=self.cfg.max_tokens,
+                    return_tensors="pt",
+                )
             ids = tok["input_ids"].to(self.cfg.device)
             mask = tok["attention_mask"].to(self.cfg.device)
             with torch.inference_mode():
