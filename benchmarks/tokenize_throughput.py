@@ -132,6 +132,7 @@ def config(curated: Path, out: Path, args, extra: list[str]):
             f"pool.workers_per_gpu={args.workers_per_gpu}",
             f"window.clips_per_task={args.clips_per_task}",
             *(["text.enabled=false"] if args.no_text else []),
+            *args.set,
             *extra,
         ],
     )
@@ -280,6 +281,7 @@ def main() -> None:
     ap.add_argument("--concurrent-calls", type=int, default=3, help="pool.concurrent_calls (GPU workers)")
     ap.add_argument("--workers-per-gpu", type=int, default=1, help="pool.workers_per_gpu")
     ap.add_argument("--clips-per-task", type=int, default=16, help="window.clips_per_task")
+    ap.add_argument("--set", action="append", default=[], help="more tokenize config overrides, KEY=VALUE")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of the Ray run")
     ap.add_argument("--no-text", action="store_true", help="text.enabled=false (no caption encoder)")
     ap.add_argument("--no-pad", action="store_true", help="pool.pad_batches=false (short batches not padded)")

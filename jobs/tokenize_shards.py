@@ -259,6 +259,9 @@ def build_stages(cfg: Config, *, cluster_has_gpu: bool, num_cpus: float, num_gpu
     if cfg.text.enabled:
         models.append(TextEmbedStage(cfg.text, cfg.pool, cluster_has_gpu=cluster_has_gpu))
     chain = ChainStage(models, batch_size=cfg.batch_windows, memory_mb=cfg.pool.memory_mb)
+    if chain.resources.gpus:  # a small machine still needs a core for a decode task beside the GPU worker
+        room = max(1.0, num_cpus - cfg.window.cpus)
+        chain.resources = dataclasses.replace(chain.resources, cpus=min(chain.resources.cpus, room))
     chain.calls_in_flight = cfg.pool.calls_in_flight
     chain.concurrent_calls = cfg.pool.concurrent_calls if chain.resources.gpus else 1
     if cfg.pool.workers:
