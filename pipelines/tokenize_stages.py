@@ -186,10 +186,10 @@ class PoolConfig:
     """Weights' dtype on GPUs (CPU workers always use float32)."""
     cpus: float = 1.0
     """CPUs one CPU worker reserves (torch uses that many threads); GPU workers reserve gpu_worker_cpus."""
-    gpu_worker_cpus: float | None = None
+    gpu_worker_cpus: float = 2.0
     """CPUs one GPU worker reserves for its host work (unpacking, staging copies, results of its concurrent
-    calls); null = concurrent_calls + 1. Reserving them keeps Ray from running decode tasks on every other core
-    (they would starve the worker's threads while its queue is full)."""
+    calls), capped so a decode task still fits beside it. More keeps Ray from running decode tasks on the cores
+    the worker's threads need while its queue is full (the README's GPU figures were measured with 2)."""
     workers: int | None = None
     """Workers in the pool; null = workers_per_gpu per GPU, or on CPUs as many as fit beside one decode task."""
     workers_per_gpu: int = 1
@@ -217,12 +217,7 @@ class PoolConfig:
         check(self.cpus > 0, "pool.cpus", self.cpus, "> 0")
         check(self.calls_in_flight >= 1, "pool.calls_in_flight", self.calls_in_flight, ">= 1")
         check(self.concurrent_calls >= 1, "pool.concurrent_calls", self.concurrent_calls, ">= 1")
-        check(
-            self.gpu_worker_cpus is None or self.gpu_worker_cpus > 0,
-            "pool.gpu_worker_cpus",
-            self.gpu_worker_cpus,
-            "null or > 0",
-        )
+        check(self.gpu_worker_cpus > 0, "pool.gpu_worker_cpus", self.gpu_worker_cpus, "> 0")
         check(self.workers_per_gpu >= 1, "pool.workers_per_gpu", self.workers_per_gpu, ">= 1")
         check(self.memory_mb is None or self.memory_mb >= 1, "pool.memory_mb", self.memory_mb, "null or >= 1")
         check(self.workers is None or self.workers >= 1, "pool.workers", self.workers, "null or >= 1")
@@ -588,7 +583,7 @@ class _ModelStage(Stage):
         self.pool = pool
         self.use_gpu = pick_device(pool.device, cluster_has_gpu)
         self.resources = Resources(
-            cpus=(pool.gpu_worker_cpus or float(pool.concurrent_calls + 1)) if self.use_gpu else pool.cpus,
+            cpus=pool.gpu_worker_cpus if self.use_gpu else pool.cpus,
             gpus=1.0 / pool.workers_per_gpu if self.use_gpu else 0.0,
         )
         self.device = None

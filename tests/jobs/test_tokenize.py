@@ -345,17 +345,16 @@ def test_concurrent_gpu_calls_on_their_own_streams_give_the_serial_tokens(tmp_pa
         assert [r["video_tokens"] for r in parallel[i]] == [r["video_tokens"] for r in rows]
 
 
-def test_gpu_workers_reserve_cores_for_their_concurrent_calls_but_leave_one_for_decoding(inputs, tmp_path):
-    """A GPU worker reserves concurrent_calls + 1 CPUs (so decode tasks cannot take every core from its host
-    threads), at most all but a decode task's share of the cluster; CPU workers keep pool.cpus."""
+def test_gpu_workers_reserve_their_host_cores_but_leave_one_for_decoding(inputs, tmp_path):
+    """A GPU worker reserves pool.gpu_worker_cpus, at most all but a decode task's share of the cluster (or
+    nothing could decode); CPU workers keep pool.cpus."""
 
     def reserved(*extra, num_cpus=16.0, gpu=True):
         cfg = _cfg(inputs, tmp_path / "out", "text.enabled=false", *extra)
         _, chain = tokenize_shards.build_stages(cfg, cluster_has_gpu=gpu, num_cpus=num_cpus, num_gpus=1)
         return chain.resources.cpus, chain.resources.gpus
 
-    assert reserved() == (4.0, 1.0)
-    assert reserved("pool.concurrent_calls=1") == (2.0, 1.0)
-    assert reserved("pool.gpu_worker_cpus=6") == (6.0, 1.0)
-    assert reserved(num_cpus=3.0) == (2.0, 1.0)  # 3 CPUs: 1 left for a decode task
+    assert reserved() == (2.0, 1.0)
+    assert reserved("pool.gpu_worker_cpus=4") == (4.0, 1.0)
+    assert reserved("pool.gpu_worker_cpus=4", num_cpus=3.0) == (2.0, 1.0)  # 3 CPUs: 1 left for a decode task
     assert reserved("pool.cpus=1", gpu=False) == (1.0, 0.0)
