@@ -487,9 +487,10 @@ class MagvitTrainer:
                 f"init_from={url} is a different architecture ({'; '.join(diff)}); use a checkpoint of this "
                 "model config or set init_from=null"
             )
+        weights = src.state_dict()
         with torch.no_grad():
             for name, p in self.model.state_dict().items():
-                p.copy_(src.state_dict()[name].to(p.dtype))
+                p.copy_(weights[name].to(p.dtype))
         log.info("initialised the generator from %s", url)
 
     # ---- state --------------------------------------------------------------------------------------------
