@@ -138,20 +138,36 @@ def config(curated: Path, out: Path, args, extra: list[str]):
     )
 
 
-def path_in_process(curated: Path, root: Path, args) -> float:
-    import pyarrow as pa
-    import torch
-
+def job_stages(curated: Path, root: Path, args):
+    """(clip rows, decode stage, tokenizer-worker chain) of the job, set up: model loading is start-up, not
+    throughput."""
     from videopoet.jobs import tokenize_shards
-    from videopoet.pipelines.base import rows_to_frame, run_local
 
     cfg = config(curated, root / "unused", args, [f"batch_windows={args.batch_windows}"])
     clips = [dict(c, partition=0, status="ok") for c in tokenize_shards.read_clips(str(curated))]
     decode, chain = tokenize_shards.build_stages(
         cfg, cluster_has_gpu=args.device.startswith("cuda"), num_cpus=args.threads + 1, num_gpus=1
     )
-    chain.setup()  # model loading is start-up, not throughput
+    chain.setup()
     decode.setup()
+    return clips, decode, chain
+
+
+def decoded_block(decode, clips: list[dict]):
+    """The decode tasks' output block for `clips`: an Arrow table, as the worker receives it."""
+    import pyarrow as pa
+
+    from videopoet.pipelines.base import rows_to_frame, run_local
+
+    return pa.Table.from_pandas(rows_to_frame(run_local([decode], clips)), preserve_index=False)
+
+
+def path_in_process(curated: Path, root: Path, args) -> float:
+    import torch
+
+    from videopoet.pipelines.base import run_local
+
+    clips, decode, chain = job_stages(curated, root, args)
     run_local([decode, chain], clips[: args.batch])  # warm-up
     prof = None
     if args.profile_chain:
@@ -161,10 +177,7 @@ def path_in_process(curated: Path, root: Path, args) -> float:
     t0 = time.perf_counter()
     t_chain = 0.0
     for i in range(0, len(clips), args.batch_windows):
-        rows = run_local([decode], clips[i : i + args.batch_windows])
-        block = pa.Table.from_pandas(
-            rows_to_frame(rows), preserve_index=False
-        )  # the decode tasks' output block
+        block = decoded_block(decode, clips[i : i + args.batch_windows])
         t1 = time.perf_counter()
         if prof is not None:
             prof.enable()
@@ -192,24 +205,12 @@ def worker_ceiling(curated: Path, root: Path, args) -> float:
     decoding, no Ray). What the job could reach if decoding and Ray's plumbing cost nothing."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import pyarrow as pa
     import torch
 
-    from videopoet.jobs import tokenize_shards
-    from videopoet.pipelines.base import rows_to_frame, run_local
-
-    cfg = config(curated, root / "unused", args, [f"batch_windows={args.batch_windows}"])
-    clips = [dict(c, partition=0, status="ok") for c in tokenize_shards.read_clips(str(curated))]
-    decode, chain = tokenize_shards.build_stages(
-        cfg, cluster_has_gpu=args.device.startswith("cuda"), num_cpus=args.threads + 1, num_gpus=1
-    )
-    chain.setup()
-    decode.setup()
+    clips, decode, chain = job_stages(curated, root, args)
     n = min(len(clips), 8 * args.batch_windows)  # decoded once, then fed round and round
     blocks = [
-        pa.Table.from_pandas(
-            rows_to_frame(run_local([decode], clips[i : i + args.batch_windows])), preserve_index=False
-        )
+        decoded_block(decode, clips[i : i + args.batch_windows])
         for i in range(0, n - args.batch_windows + 1, args.batch_windows)
     ]
     threads = chain.concurrent_calls if args.device.startswith("cuda") else 1

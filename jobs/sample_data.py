@@ -610,39 +610,38 @@ def _unpack(dpkg_deb: str, deb: Path, patterns: list[str], root: Path) -> int:
     is written as a copy of its target, read in a second pass."""
     links: dict[str, list[str]] = {}  # target member -> matching link names
 
-    def wanted(m: tarfile.TarInfo) -> tuple[str, list[str]]:
+    def wanted(m: tarfile.TarInfo) -> list[str]:
         name = m.name.removeprefix("./")
         if ".." in name.split("/") or not any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            return name, []
+            return []
         if m.isfile():
-            return name, [name]
+            return [name]
         if m.issym():
             target = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.linkname))
             if not target.startswith(("../", "/")) and target != "..":
                 links.setdefault(target, []).append(name)
-        return name, []
+        return []
 
     n = _stream_members(dpkg_deb, deb, root, wanted)
-    if links:
-        n += _stream_members(
-            dpkg_deb,
-            deb,
-            root,
-            lambda m: (name := m.name.removeprefix("./"), links.get(name, []) if m.isfile() else []),
-        )
+    if links:  # a second pass: a link's target may come before or after it in the archive
+
+        def targets(m: tarfile.TarInfo) -> list[str]:
+            return links.get(m.name.removeprefix("./"), []) if m.isfile() else []
+
+        n += _stream_members(dpkg_deb, deb, root, targets)
     return n
 
 
 def _stream_members(dpkg_deb: str, deb: Path, root: Path, select) -> int:
-    """One pass over the .deb's data tarball: `select(member) -> (name, paths)` writes a regular member's
-    content to each of `paths` under `root`; returns the files written."""
+    """One pass over the .deb's data tarball: a regular member's content is written to each of the paths
+    `select(member)` returns (relative to `root`); returns the files written."""
     n = 0
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([dpkg_deb, "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=err)
         try:
             with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
                 for m in tar:
-                    _, paths = select(m)
+                    paths = select(m)
                     if not paths:
                         continue
                     src = tar.extractfile(m)
