@@ -95,17 +95,22 @@ def bare_encode(magvit: str, windows: int, batch: int, device: str, threads: int
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32  # what the job's GPU workers use
     model = MagvitV2.from_pretrained(magvit, device=device, dtype=dtype)
     x = (torch.rand(batch, 3, 17, 128, 128, device=device) * 2 - 1).to(dtype)
-    if not device.startswith("cuda"):
-        return _windows_per_s(model.encode, x, windows, device), "contiguous"
-    # The job's workers hand MAGVIT-v2 permuted (B, T, H, W, 3) pixels: channels_last_3d strides, which cuDNN
-    # runs faster in bf16 than contiguous ones (388 vs 353 windows/s on the H100). The bare figure is the
-    # fastest layout, so the job is never compared with a slower baseline than it could reach.
     layouts = [(_windows_per_s(model.encode, x, windows, device), "contiguous")]
-    cl = x.contiguous(memory_format=torch.channels_last_3d)
-    layouts.append((_windows_per_s(model.encode, cl, windows, device), "channels_last_3d input"))
-    model.channels_last_()
-    layouts.append((_windows_per_s(model.encode, cl, windows, device), "channels_last_3d input and weights"))
-    print("  bare MAGVIT-v2 layouts: " + ", ".join(f"{how} {wps:.1f}" for wps, how in layouts) + " windows/s")
+    if device.startswith("cuda"):
+        # The job's workers hand MAGVIT-v2 permuted (B, T, H, W, 3) pixels: channels_last_3d strides, which cuDNN
+        # runs faster in bf16 than contiguous ones (388 vs 353 windows/s on the H100). The bare figure is the
+        # fastest layout, so the job is never compared with a slower baseline than it could reach.
+        cl = x.contiguous(memory_format=torch.channels_last_3d)
+        layouts.append((_windows_per_s(model.encode, cl, windows, device), "channels_last_3d input"))
+        model.channels_last_()
+        layouts.append(
+            (_windows_per_s(model.encode, cl, windows, device), "channels_last_3d input and weights")
+        )
+        print(
+            "  bare MAGVIT-v2 layouts: "
+            + ", ".join(f"{how} {wps:.1f}" for wps, how in layouts)
+            + " windows/s"
+        )
     return max(layouts)
 
 

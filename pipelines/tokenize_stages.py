@@ -188,8 +188,8 @@ class PoolConfig:
     """CPUs one CPU worker reserves (torch uses that many threads); GPU workers reserve gpu_worker_cpus."""
     gpu_worker_cpus: float = 2.0
     """CPUs one GPU worker reserves for its host work (unpacking, staging copies, results of its concurrent
-    calls), capped so a decode task still fits beside it. More keeps Ray from running decode tasks on the cores
-    the worker's threads need while its queue is full (the README's GPU figures were measured with 2)."""
+    calls), capped so a decode task still fits beside it. On the 16-CPU H100 machine 4 or 6 tokenized no
+    faster than 2 (alternating runs); the README's GPU figures use 2."""
     workers: int | None = None
     """Workers in the pool; null = workers_per_gpu per GPU, or on CPUs as many as fit beside one decode task."""
     workers_per_gpu: int = 1

@@ -473,24 +473,25 @@ class MagvitTrainer:
             "time_downsample",
             "num_res_blocks",
             "norm_groups",
+            "upsample_kernel",
+            "codebook_bits",
         )
-        arch += ("upsample_kernel", "codebook_bits")
 
         def value(cfg, key):
             v = getattr(cfg, key)
             return list(v) if isinstance(v, (list, tuple)) else v
 
-        diff = [f"{k}: {value(src.cfg, k)} vs {value(self.cfg.model, k)}" for k in arch]
-        diff = [d for k, d in zip(arch, diff) if value(src.cfg, k) != value(self.cfg.model, k)]
+        diff = [
+            f"{k}: {value(src.cfg, k)} vs {value(self.cfg.model, k)}"
+            for k in arch
+            if value(src.cfg, k) != value(self.cfg.model, k)
+        ]
         if diff:
             raise UserError(
                 f"init_from={url} is a different architecture ({'; '.join(diff)}); use a checkpoint of this "
                 "model config or set init_from=null"
             )
-        weights = src.state_dict()
-        with torch.no_grad():
-            for name, p in self.model.state_dict().items():
-                p.copy_(weights[name].to(p.dtype))
+        self.model.load_state_dict(src.state_dict())  # copies into the model's own parameters and dtype
         log.info("initialised the generator from %s", url)
 
     # ---- state --------------------------------------------------------------------------------------------
