@@ -2,11 +2,16 @@
 
 Atomic means a reader never sees a half-written file: locally we write a temporary sibling and
 `os.replace` it; on object stores a single PUT is already atomic, so we write the object directly.
+The temporary sibling is a dot-file (`.NAME.tmp-XXXXXXXX`): a process killed before the rename leaves it
+behind, and readers of the directory (pyarrow/pandas datasets, Spark, DuckDB `*.parquet` globs) skip
+hidden files, so a left-over temporary is never read as data. `remove_stale_temporaries` deletes them
+when a killed job resumes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Callable
 from typing import IO
@@ -38,6 +43,26 @@ def makedirs(url: str) -> None:
     fs.makedirs(path, exist_ok=True)
 
 
+_TEMPORARY = re.compile(r".+\.tmp-[0-9a-f]{8}$")  # atomic_write's; older versions wrote them unhidden
+
+
+def remove_stale_temporaries(url: str) -> list[str]:
+    """Delete the temporaries that killed `atomic_write`s left under the local directory `url`; return them.
+
+    Only for a directory that one job owns (its output), when that job starts: a temporary there cannot
+    belong to a live writer. Object stores have no temporaries, so non-local URLs return [] untouched."""
+    if not is_local(url):
+        return []
+    _, root = url_to_fs(url)
+    removed = []
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if _TEMPORARY.match(f):
+                os.unlink(os.path.join(dirpath, f))
+                removed.append(os.path.join(dirpath, f))
+    return sorted(removed)
+
+
 def atomic_write(url: str, writer: Callable[[IO[bytes]], None]) -> None:
     """Call `writer(fileobj)` and publish the result at `url` all at once."""
     fs, path = url_to_fs(url)
@@ -45,7 +70,7 @@ def atomic_write(url: str, writer: Callable[[IO[bytes]], None]) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     if is_local(url):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = os.path.join(parent, f".{path.rsplit('/', 1)[-1]}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             with open(tmp, "wb") as f:
                 writer(f)

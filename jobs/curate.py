@@ -272,6 +272,8 @@ def main(cfg: Config) -> dict:
     if (finished := state.done()) is not None:
         log.info("%s is already complete; nothing to do.\n%s", cfg.output, format_stats(finished))
         return finished
+    if removed := state.remove_interrupted_writes():
+        log.info("removed %d temporary files left by an interrupted run", len(removed))
     check_clip_weights(cfg.clip)  # refuse before any work if CLIP is on without loadable weights
     items = list_inputs(cfg.inputs, cfg.exclude)
     if not items:

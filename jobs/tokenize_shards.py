@@ -536,6 +536,8 @@ def main(cfg: Config) -> dict:
     if (finished := state.done()) is not None:
         log.info("%s is already complete; nothing to do.\n%s", cfg.output, format_stats(finished))
         return finished
+    if removed := state.remove_interrupted_writes():
+        log.info("removed %d temporary files left by an interrupted run", len(removed))
     meta = build_meta(cfg)  # refuses before any work without loadable checkpoints
     clips = read_clips(cfg.input)
     if not clips:

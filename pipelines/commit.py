@@ -6,6 +6,8 @@ Layout under the output URL:
     _state/done.json                 the whole run finished (after the global steps)
 A partition counts as done only when its marker exists. Its data files are written (atomically) before
 the marker, with deterministic names, so a run killed between the two rewrites identical files on resume.
+A kill inside a write leaves a hidden temporary (`.NAME.tmp-XXXXXXXX`) that no dataset reader picks up;
+`RunState.remove_interrupted_writes` deletes those when the job starts again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from videopoet.core.errors import UserError
-from videopoet.core.io import atomic_write, atomic_write_text, exists, join, read_text
+from videopoet.core.io import (
+    atomic_write,
+    atomic_write_text,
+    exists,
+    join,
+    read_text,
+    remove_stale_temporaries,
+)
 from videopoet.pipelines.inputs import InputItem, input_id
 
 
@@ -69,6 +78,10 @@ class RunState:
             return old
         write_parquet(url, pa.Table.from_pylist(rows))
         return rows
+
+    def remove_interrupted_writes(self) -> list[str]:
+        """Delete the temporaries a killed run left anywhere under the output (local outputs only)."""
+        return remove_stale_temporaries(self.output)
 
     def committed(self) -> set[int]:
         fs, path = url_to_fs(join(self.state, "committed"))

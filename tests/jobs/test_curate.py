@@ -132,6 +132,21 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_output(corpus, finished, tmp_p
     assert _rows(out, "rejects") == _rows(finished, "rejects")
 
 
+def test_a_kill_inside_the_final_steps_leaves_nothing_that_changes_the_output(corpus, finished, tmp_path):
+    out = tmp_path / "killed_in_finalize"
+    shutil.copytree(finished, out)
+    (out / "_state" / "done.json").unlink()  # every partition committed; killed while finalize wrote
+    shutil.copy(out / "rejects" / "dedup.parquet", out / "rejects" / ".dedup.parquet.tmp-0123abcd")
+    shutil.copy(out / "clips" / "part-00000.parquet", out / "clips" / ".part-00000.parquet.tmp-4567cdef")
+    assert _rows(out, "rejects") == _rows(finished, "rejects")  # readers skip the hidden temporaries
+    _run(corpus, out)
+    assert not list(out.rglob("*.tmp-*"))
+    assert _rows(out, "clips") == _rows(finished, "clips")
+    assert _rows(out, "rejects") == _rows(finished, "rejects")
+    inputs = pq.read_table(out / "inputs.parquet").to_pylist()
+    assert inputs == pq.read_table(finished / "inputs.parquet").to_pylist()
+
+
 def test_clip_enabled_without_weights_refuses_before_any_work(corpus, tmp_path):
     out = tmp_path / "refused"
     cfg = load_config(

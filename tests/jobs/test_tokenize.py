@@ -179,7 +179,7 @@ def test_a_run_killed_after_some_commits_resumes_to_the_same_dataset(inputs, fin
     # what kills leave: a shard written but not committed (killed before its marker), the temporary file
     # of an interrupted write, no manifest / stats / done marker
     (out / "_state" / "committed" / "part-00002.json").unlink()  # the launch video (+ SR, audio) and speech
-    (out / "shards" / "part-00002.parquet.tmp-1a2b3c4d").write_bytes(b"PAR1 half a shard")
+    (out / "shards" / ".part-00002.parquet.tmp-1a2b3c4d").write_bytes(b"PAR1 half a shard")
     for name in ("manifest.json", "stats.json", "_state/done.json"):
         (out / name).unlink()
     committed = out / "shards" / "part-00000.parquet"
@@ -193,6 +193,7 @@ def test_a_run_killed_after_some_commits_resumes_to_the_same_dataset(inputs, fin
         (s["name"], s["rows"], s["sha256"]) for s in b["shards"]
     ]
     assert a["meta"] == b["meta"] and validate_dataset(str(out)) == []
+    assert not list(out.rglob("*.tmp-*"))  # the interrupted write's temporary is gone
 
 
 def test_resume_with_another_checkpoint_is_refused(inputs, finished, tmp_path):
