@@ -3,6 +3,7 @@
     python benchmarks/lm_mfu.py                                  # 300M, 1280 tokens, ZeRO-2, on one GPU
     python benchmarks/lm_mfu.py --size 1B --seq-len 4928 --micro-batch 1 --zero 3 --activation-checkpointing
     python benchmarks/lm_mfu.py --size 300M --seq-len 2560 --compile
+    python benchmarks/lm_mfu.py --size 300M --seq-len 4096 --micro-batch 4 --grad-accum 4 --zero 1 --compile --ce-keep-logits
     DS_ACCELERATOR=cpu python benchmarks/lm_mfu.py --size debug --seq-len 256 --steps 3 --warmup 1   # CPU check
 
 Both paths train the same model (same init, the full VideoPoet vocabulary unless --debug-vocab) on the same
@@ -75,17 +76,28 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(step_fn, batches, steps: int, warmup: int, device) -> tuple[float, list[float]]:
-    """Seconds per step over `steps` timed steps after `warmup` untimed ones; also the losses."""
-    losses = []
+def time_steps(
+    step_fn, batches, steps: int, warmup: int, device, sync_every: int
+) -> tuple[float, list[float]]:
+    """Seconds per step over `steps` timed steps after `warmup` untimed ones; also the losses.
+
+    `step_fn` returns its loss as a device tensor; the losses are read on the host every `sync_every` steps
+    (an optimizer step, as `jobs/trainer.py` does), not after every micro-batch."""
+    losses: list = []
+
+    def run(i: int, b: dict) -> None:
+        losses.append(step_fn(b))
+        if (i + 1) % sync_every == 0:
+            losses[:] = [float(x) for x in losses]
+
     for i in range(warmup):
-        losses.append(step_fn(batches[i % len(batches)]))
+        run(i, batches[i % len(batches)])
     _sync(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        losses.append(step_fn(batches[(warmup + i) % len(batches)]))
+        run(warmup + i, batches[(warmup + i) % len(batches)])
     _sync(device)
-    return (time.perf_counter() - t0) / steps, losses
+    return (time.perf_counter() - t0) / steps, [float(x) for x in losses]
 
 
 def profile_steps(step_fn, batches, device, steps: int, what: str) -> str:
@@ -138,17 +150,24 @@ def run_deepspeed(args, vocab, batches, device) -> dict:
             "optimizer.params.fused": fused(args, device),  # DeepSpeed passes it on to torch.optim.AdamW
         },
     )
-    engine = D.build_engine(model, ds, lr_lambda=lambda s: 1.0, weight_decay=0.1, chunk_size=args.ce_chunk)
+    engine = D.build_engine(
+        model,
+        ds,
+        lr_lambda=lambda s: 1.0,
+        weight_decay=0.1,
+        chunk_size=args.ce_chunk,
+        keep_logits=args.ce_keep_logits,
+    )
 
     def step(b):
         loss, _, _ = engine(b["tokens"], b["loss_mask"], b["text"], b["text_positions"], b["prefix_len"])
         engine.backward(loss)
         engine.step()
-        return float(loss.detach())
+        return loss.detach()
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    sec, losses = time_steps(step, batches, args.steps, args.warmup, device)
+    sec, losses = time_steps(step, batches, args.steps, args.warmup, device, args.grad_accum)
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     if args.profile:
         print(profile_steps(step, batches, device, args.profile, "deepspeed"), flush=True)
@@ -189,6 +208,7 @@ def run_plain(args, vocab, batches, device) -> dict:
                 text_positions=b["text_positions"],
                 prefix_len=b["prefix_len"],
                 chunk_size=args.ce_chunk,
+                keep_logits=args.ce_keep_logits,
             )
         (out.loss / args.grad_accum).backward()
         micro[0] += 1
@@ -196,11 +216,11 @@ def run_plain(args, vocab, batches, device) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        return float(out.loss.detach())
+        return out.loss.detach()
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    sec, losses = time_steps(step, batches, args.steps, args.warmup, device)
+    sec, losses = time_steps(step, batches, args.steps, args.warmup, device, args.grad_accum)
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     if args.profile:
         print(profile_steps(step, batches, device, args.profile, "plain"), flush=True)
@@ -224,6 +244,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (both paths)")
     p.add_argument("--ce-chunk", type=int, default=1024, help="tokens per chunk of the output-head CE")
+    p.add_argument(
+        "--ce-keep-logits",
+        action="store_true",
+        help="keep the head's logits for the backward instead of recomputing them (more memory, one matmul fewer)",
+    )
     p.add_argument("--text-dim", type=int, default=None, help="caption embedding width (default: the size's)")
     p.add_argument("--debug-vocab", action="store_true", help="the 1,408-id debug vocabulary")
     p.add_argument("--peak-flops", type=float, default=989e12, help="per-device peak FLOP/s for MFU")
@@ -256,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         "activation_checkpointing": args.activation_checkpointing,
         "compile": args.compile,
         "fused_adam": fused(args, device),
+        "ce_keep_logits": args.ce_keep_logits,
     }
     paths = {}
     if not args.skip_deepspeed:

@@ -221,10 +221,11 @@ class LossModule(nn.Module):
     again for its backward (where the checkpointed chunks recompute their logits).
     """
 
-    def __init__(self, lm: nn.Module, chunk_size: int = 1024):
+    def __init__(self, lm: nn.Module, chunk_size: int = 1024, keep_logits: bool = False):
         super().__init__()
         self.lm = lm
         self.chunk_size = chunk_size
+        self.keep_logits = keep_logits
 
     def forward(
         self,
@@ -241,6 +242,7 @@ class LossModule(nn.Module):
             text_positions=text_positions,
             prefix_len=prefix_len,
             chunk_size=self.chunk_size,
+            keep_logits=self.keep_logits,
         )
         # Keep the text projection in every backward, with a zero gradient when no caption reaches it (text-free
         # tasks, a batch whose captions were all dropped). A parameter that takes no part in a backward keeps
@@ -283,11 +285,13 @@ def build_engine(
     lr_lambda: Callable[[int], float],
     weight_decay: float,
     chunk_size: int = 1024,
+    keep_logits: bool = False,
     wrapper: nn.Module | None = None,
 ):
     """Wrap `model` in a DeepSpeed engine whose forward is its loss.
 
-    By default `model` is a `VideoPoetLM` and the engine's forward returns `(loss, sums, counts)` (`LossModule`);
+    By default `model` is a `VideoPoetLM` and the engine's forward returns `(loss, sums, counts)` (`LossModule`,
+    with the head's cross-entropy `chunk_size` / `keep_logits` as in `chunked_cross_entropy`);
     other models pass their own `wrapper` module (holding `model`) whose forward computes the loss; every
     parameter must then be used through a submodule's forward (what ZeRO-3 gathers). `lr_lambda(step)`
     multiplies the optimizer's lr after `step` optimizer steps (a `LambdaLR` that the engine steps at each
@@ -297,7 +301,7 @@ def build_engine(
     import deepspeed
 
     if wrapper is None:
-        wrapper = LossModule(model, chunk_size=chunk_size)
+        wrapper = LossModule(model, chunk_size=chunk_size, keep_logits=keep_logits)
         if zero_stage(ds_config) == 3:
             deepspeed.zero.register_external_parameter(wrapper, model.lm_head.weight)
     engine, _, _, _ = deepspeed.initialize(

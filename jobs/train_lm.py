@@ -90,6 +90,9 @@ class TrainSection(OptimSection):
     ce_chunk_size: int = 1024
     """Bounds the output-head logits held at once to ce_chunk_size x vocabulary (as many as that many tokens' rows): the fused cross-entropy runs over vocabulary chunks of that size."""
 
+    ce_keep_logits: bool = False
+    """Keep the head's logits from the forward for the backward instead of recomputing them: one head matmul fewer (about 7% faster at 300M, 4 x 4096 tokens) for micro_batch x seq_len x vocabulary x 2 bytes more memory (8 GiB at 300M, 4 x 4096 tokens, bf16)."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.ce_chunk_size >= 1, "ce_chunk_size", self.ce_chunk_size, ">= 1")
@@ -250,7 +253,7 @@ def main(cfg: Config) -> dict:
 
     flops_cache: dict[int, int] = {}
     n_params = model.num_params()
-    engine, ds_config = start_engine(t, info, model, chunk_size=t.ce_chunk_size)
+    engine, ds_config = start_engine(t, info, model, chunk_size=t.ce_chunk_size, keep_logits=t.ce_keep_logits)
     log.info(
         "LM %s: %.2fM params, vocab %d, ZeRO stage %d, %s, %d rank(s), global batch %d",
         cfg.model.size,
@@ -262,7 +265,7 @@ def main(cfg: Config) -> dict:
         t.micro_batch * t.grad_accum * info.world_size,
     )
 
-    def forward(engine, mb) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(engine, mb) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         b = mb.batch
         loss, sums, counts = engine(
             b.tokens.to(info.device),
@@ -271,7 +274,7 @@ def main(cfg: Config) -> dict:
             b.text_positions.to(info.device),
             b.prefix_len.to(info.device),
         )
-        return loss, {"loss_sum": float(sums.sum()), "count": float(counts.sum())}
+        return loss, {"loss_sum": sums.sum(), "count": counts.sum()}  # device tensors: no sync here
 
     def describe(mbs) -> dict:
         seq_len = mbs[0].seq_len

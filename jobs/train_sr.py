@@ -228,7 +228,7 @@ def main(cfg: Config) -> dict:
         t.micro_batch * t.grad_accum * info.world_size,
     )
 
-    def forward(engine, mb) -> tuple[Tensor, dict[str, float]]:
+    def forward(engine, mb) -> tuple[Tensor, dict[str, Tensor]]:
         dev = info.device
         loss, sums, counts, correct = engine(
             mb.hr.to(dev),
@@ -240,9 +240,9 @@ def main(cfg: Config) -> dict:
             mb.text_keep.to(dev),
         )
         return loss, {
-            "loss_sum": float(sums.sum()),
-            "count": float(counts.sum()),
-            "accuracy": float(correct.sum()),
+            "loss_sum": sums.sum(),  # device tensors: the trainer syncs once per step, not per micro-batch
+            "count": counts.sum(),
+            "accuracy": correct.sum(),
         }
 
     def describe(mbs) -> dict:

@@ -348,7 +348,7 @@ class Run:
     """config.json of the export (and the checkpoints' client state): format, model config, data metadata."""
     model_key: str
     """Key of `export_info` holding the model config; a checkpoint of another model is not resumed."""
-    forward: Callable[[Any, Any], tuple[torch.Tensor, dict[str, float]]]
+    forward: Callable[[Any, Any], tuple[torch.Tensor, dict[str, float | torch.Tensor]]]
     """(engine, micro-batch) -> (loss to backpropagate, sums: `loss_sum` and `count` of the targets, any other
     sum to report per target, e.g. `accuracy`)."""
     describe: Callable[[list], dict]
@@ -452,15 +452,19 @@ def run_training(cfg, info, engine, data, run: Run) -> dict:
             t0 = time.perf_counter()
             lr = float(engine.get_lr()[0])  # the LR this step's update uses
             mbs = data.micro_batches(step)
-            sums: dict[str, float] = {}
+            sums: dict[str, Any] = {}
             for mb in mbs:
                 loss, part = run.forward(engine, mb)
                 engine.backward(loss)
                 engine.step()
                 for k, v in {**part, "tokens": float(mb.tokens)}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    # device tensors stay on the device: one host sync per step, not one per micro-batch
+                    v = v.detach().double() if torch.is_tensor(v) else float(v)
+                    sums[k] = sums[k] + v if k in sums else v
             keys = sorted(sums)
-            acc = D.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+            acc = D.all_reduce_sum(
+                torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).cpu() for k in keys])
+            )
             total = dict(zip(keys, acc.tolist()))
             dt = time.perf_counter() - t0
             step += 1

@@ -167,6 +167,26 @@ def test_chunked_cross_entropy_keeps_no_full_logits_for_backward():
     torch.testing.assert_close(w.grad, ref_w)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_kept_logits_give_the_same_gradients_as_recomputed_ones_and_are_released(autocast):
+    g = torch.Generator().manual_seed(3)
+    N, d, V = 50, 8, 301
+    h = torch.randn(N, d, generator=g, requires_grad=True)
+    w = (0.3 * torch.randn(V, d, generator=g)).requires_grad_()
+    t = torch.randint(0, V, (N,), generator=g)
+    up = torch.rand(N, generator=g)
+    grads, kept = [], []
+    for keep in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            per = chunked_cross_entropy(h, w, t, chunk_size=10, keep_logits=keep)
+        kept.append(sum(x.numel() for x in per.grad_fn.kept))
+        grads.append((per.detach(), *torch.autograd.grad((per * up).sum(), (h, w))))
+        assert per.grad_fn.kept == []  # nothing outlives the backward
+    assert kept == [0, N * V]  # every chunk's logits were held between forward and backward
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)  # the same logits, so the very same numbers
+
+
 @pytest.mark.parametrize("chunk_size", [1, 7, 40, 1000])
 def test_chunked_cross_entropy_matches_the_full_logits_for_any_chunking_and_upstream_gradient(chunk_size):
     g = torch.Generator().manual_seed(chunk_size)
