@@ -9,7 +9,8 @@ captions, repeated under distinct clip ids), one 17-frame 8 fps window each, and
 checkpoints (random weights, made here) unless given. It measures windows per second of:
 - bare: `MagvitV2.encode` alone on ready (B, 3, 17, 128, 128) tensors at the job's batch size, on the
   same device and thread count as one tokenizer worker - what the tokenizer can do at best (on CUDA the
-  fastest of three memory layouts: contiguous, channels_last_3d input, channels_last_3d input and weights);
+  fastest of: contiguous, channels_last_3d input, channels_last_3d input and weights, and that compiled as
+  the job's GPU workers run it with video.compile, the default; `--set video.compile=false` leaves it out);
 - path (in-process): the job's stages (`WindowDecodeStage` -> the tokenizer worker's `ChainStage`:
   MAGVIT-v2, SoundStream, caption embeddings) run one after the other in this process, as one Ray
   worker pair would without overlap;
@@ -86,7 +87,15 @@ def _windows_per_s(encode, x, windows: int, device: str) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def bare_encode(magvit: str, windows: int, batch: int, device: str, threads: int) -> tuple[float, str]:
+def bare_encode(
+    magvit: str,
+    windows: int,
+    batch: int,
+    device: str,
+    threads: int,
+    profile: bool = False,
+    compiled: bool = True,
+) -> tuple[float, str]:
     import torch
 
     from videopoet.tokenizers.magvit2 import MagvitV2
@@ -102,10 +111,20 @@ def bare_encode(magvit: str, windows: int, batch: int, device: str, threads: int
         # fastest layout, so the job is never compared with a slower baseline than it could reach.
         cl = x.contiguous(memory_format=torch.channels_last_3d)
         layouts.append((_windows_per_s(model.encode, cl, windows, device), "channels_last_3d input"))
+        if profile:
+            print(
+                device_profile(
+                    lambda: [model.encode(cl) for _ in range(8)], "bare encode, channels_last_3d input"
+                )
+            )
         model.channels_last_()
         layouts.append(
             (_windows_per_s(model.encode, cl, windows, device), "channels_last_3d input and weights")
         )
+        if compiled:  # what the job's GPU workers run with video.compile (the default)
+            model.encoder.compile(dynamic=False)
+            model.encode(cl)  # compiles, not timed
+            layouts.append((_windows_per_s(model.encode, cl, windows, device), "compiled, channels_last_3d"))
         print(
             "  bare MAGVIT-v2 layouts: "
             + ", ".join(f"{how} {wps:.1f}" for wps, how in layouts)
@@ -239,8 +258,35 @@ def worker_ceiling(curated: Path, root: Path, args) -> float:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
+        if args.profile_worker:
+            print(
+                device_profile(lambda: list(pool.map(chain, calls[: 4 * threads])), "tokenizer worker alone")
+            )
     assert all(o["video_tokens"].notna().all() for o in outs)
     return sum(len(b) for b in calls) / wall
+
+
+def device_profile(fn, what: str) -> str:
+    """torch.profiler over `fn()`: wall time, the summed kernel time (over all streams) and the top kernels."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        fn()
+        sync()
+    wall = time.perf_counter() - t0
+    kernels = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA") / 1e6
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60)
+    return (
+        f"\n== device profile: {what}: {wall:.3f} s wall (profiled), kernels {kernels:.3f} s summed over streams "
+        f"({kernels / wall:.2f} of the wall) ==\n{table}"
+    )
 
 
 def path_ray(root: Path, args) -> float:
@@ -294,6 +340,11 @@ def main() -> None:
     ap.add_argument(
         "--worker", action="store_true", help="also time the tokenizer worker alone on ready decoded blocks"
     )
+    ap.add_argument(
+        "--profile-worker",
+        action="store_true",
+        help="torch.profiler (CUDA kernels) over a few bare encodes and a few worker-alone calls (with --worker)",
+    )
     ap.add_argument("--no-in-process", action="store_true", help="skip the serial in-process path")
     ap.add_argument("--calls-in-flight", type=int, default=3, help="pool.calls_in_flight")
     ap.add_argument("--concurrent-calls", type=int, default=3, help="pool.concurrent_calls (GPU workers)")
@@ -313,7 +364,15 @@ def main() -> None:
             magvit, sound = make_checkpoints(root)
             args.magvit, args.soundstream = args.magvit or str(magvit), args.soundstream or str(sound)
         curated = make_inputs(root, args.clips)
-        bare, layout = bare_encode(args.magvit, args.clips, args.batch, args.device, args.threads)
+        bare, layout = bare_encode(
+            args.magvit,
+            args.clips,
+            args.batch,
+            args.device,
+            args.threads,
+            args.profile_worker,
+            compiled="video.compile=false" not in args.set,
+        )
         print(
             f"bare MAGVIT-v2 encode:   {bare:8.2f} windows/s  (batch {args.batch}, {args.device}, {args.threads} "
             f"thread(s), {layout})"

@@ -133,6 +133,10 @@ class VideoTokenizerConfig:
     `MagvitV2.save_pretrained`. Required: the job never tokenizes with random weights."""
     batch_size: int = 8
     """Windows per MAGVIT-v2 forward pass (super-resolution windows: a quarter as many)."""
+    compile: bool = True
+    """torch.compile the encoder on GPU workers (channels_last_3d weights too): its per-frame group norms,
+    SiLUs and causal pads fuse, about 1.9x the eager bf16 encode on an H100. Each input shape compiles once
+    per worker, at its first batch of that shape (tens of seconds). CPU workers always run eager."""
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "video.batch_size", self.batch_size, ">= 1")
@@ -701,6 +705,10 @@ class VideoTokenizeStage(_ModelStage):
 
         self._setup_device()
         self.model = MagvitV2.from_pretrained(self.cfg.checkpoint, device=self.device, dtype=self.dtype)
+        if self.device.type == "cuda" and self.cfg.compile:
+            # static shapes: one specialized graph per window shape (a dynamic one runs slower kernels)
+            self.model.channels_last_()
+            self.model.encoder.compile(dynamic=False)
 
     def _encode(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         import torch

@@ -346,6 +346,31 @@ def test_concurrent_gpu_calls_on_their_own_streams_give_the_serial_tokens(tmp_pa
         assert [r["video_tokens"] for r in parallel[i]] == [r["video_tokens"] for r in rows]
 
 
+@pytest.mark.gpu
+def test_the_compiled_gpu_encoder_gives_the_eager_tokens_up_to_near_ties(tmp_path):
+    """video.compile (the default) fuses the encoder's kernels on GPU workers; tokens are the eager encoder's
+    except for latent channels within rounding of zero, whose sign bit may flip."""
+    import torch
+
+    from videopoet.pipelines.tokenize_stages import PoolConfig, VideoTokenizerConfig, VideoTokenizeStage
+    from videopoet.tokenizers.magvit2.lfq import indices_to_bits
+
+    magvit, _ = make_checkpoints(tmp_path)
+    stages = {}
+    for compiled in (False, True):
+        cfg = VideoTokenizerConfig(checkpoint=str(magvit), batch_size=4, compile=compiled)
+        stages[compiled] = VideoTokenizeStage(cfg, PoolConfig(device="cuda"))
+        stages[compiled].setup()
+    assert hasattr(stages[True].model.encoder, "_compiled_call_impl")
+    assert getattr(stages[False].model.encoder, "_compiled_call_impl", None) is None
+    rng = np.random.default_rng(2)
+    arrays = [rng.integers(0, 256, (17, 32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    eager, fused = (torch.from_numpy(np.stack(stages[c]._encode(arrays))).long() for c in (False, True))
+    bits = stages[True].model.cfg.codebook_bits
+    same = (indices_to_bits(eager, bits) == indices_to_bits(fused, bits)).float().mean().item()
+    assert same > 0.99, same
+
+
 def test_gpu_workers_reserve_their_host_cores_but_leave_one_for_decoding(inputs, tmp_path):
     """A GPU worker reserves pool.gpu_worker_cpus, at most all but a decode task's share of the cluster (or
     nothing could decode); CPU workers keep pool.cpus."""
