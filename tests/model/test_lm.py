@@ -328,7 +328,9 @@ def test_head_vocabulary_chunks_have_aligned_widths(monkeypatch):
     seen = []
     real = lm_module._LinearCrossEntropy.apply
     monkeypatch.setattr(
-        lm_module._LinearCrossEntropy, "apply", lambda h, w, t, cols: seen.append(cols) or real(h, w, t, cols)
+        lm_module._LinearCrossEntropy,
+        "apply",
+        lambda h, w, t, cols, keep: seen.append(cols) or real(h, w, t, cols, keep),
     )
     g = torch.Generator().manual_seed(0)
     V, d = 2000, 16
