@@ -88,7 +88,7 @@ def time_steps(
     def run(i: int, b: dict) -> None:
         losses.append(step_fn(b))
         if (i + 1) % sync_every == 0:
-            losses[:] = [float(x) for x in losses]
+            float(losses[-1])  # waits for the device, as the trainer's per-step read does
 
     for i in range(warmup):
         run(i, batches[i % len(batches)])

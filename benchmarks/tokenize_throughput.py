@@ -371,7 +371,7 @@ def main() -> None:
             args.device,
             args.threads,
             args.profile_worker,
-            compiled="video.compile=false" not in args.set,
+            compiled=config(curated, root / "unused", args, []).video.compile,
         )
         print(
             f"bare MAGVIT-v2 encode:   {bare:8.2f} windows/s  (batch {args.batch}, {args.device}, {args.threads} "

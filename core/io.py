@@ -58,8 +58,8 @@ def remove_stale_temporaries(url: str) -> list[str]:
     for dirpath, _, files in os.walk(root):
         for f in files:
             if _TEMPORARY.match(f):
-                os.unlink(os.path.join(dirpath, f))
                 removed.append(os.path.join(dirpath, f))
+                os.unlink(removed[-1])
     return sorted(removed)
 
 

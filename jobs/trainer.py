@@ -457,14 +457,10 @@ def run_training(cfg, info, engine, data, run: Run) -> dict:
                 loss, part = run.forward(engine, mb)
                 engine.backward(loss)
                 engine.step()
-                for k, v in {**part, "tokens": float(mb.tokens)}.items():
-                    # device tensors stay on the device: one host sync per step, not one per micro-batch
-                    v = v.detach().double() if torch.is_tensor(v) else float(v)
-                    sums[k] = sums[k] + v if k in sums else v
-            keys = sorted(sums)
-            acc = D.all_reduce_sum(
-                torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).cpu() for k in keys])
-            )
+                for k, v in {**part, "tokens": float(mb.tokens)}.items():  # device sums stay on the device
+                    sums[k] = sums.get(k, 0.0) + (v.detach().double() if torch.is_tensor(v) else v)
+            keys = sorted(sums)  # read on the host once per step, not after every micro-batch
+            acc = D.all_reduce_sum(torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64))
             total = dict(zip(keys, acc.tolist()))
             dt = time.perf_counter() - t0
             step += 1
