@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,6 +162,30 @@ class VideoFrameOut:
     image: np.ndarray
 
 
+_THREAD = threading.local()
+
+
+def to_array(
+    frame, *, width=None, height=None, fmt: str = "rgb24", interpolation: str = "AREA"
+) -> np.ndarray:
+    """`frame` scaled to `width` x `height` (None: coded size) and converted to `fmt`, as an array.
+
+    swscale runs on the calling thread only: PyAV >= 17 otherwise slices each conversion over every core,
+    which on a 16-CPU machine running a decode task per core is 16x oversubscription (and a fresh thread
+    pool per clip). Each thread keeps one reformatter, so the scaling filters are built once per source
+    size, not once per clip.
+    """
+    reformatter = getattr(_THREAD, "reformatter", None)
+    if reformatter is None:
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = _THREAD.reformatter = VideoReformatter()
+    out = reformatter.reformat(
+        frame, width=width, height=height, format=fmt, interpolation=interpolation, threads=1
+    )
+    return out.to_ndarray()
+
+
 def iter_video_frames(
     path: str,
     *,
@@ -181,7 +206,6 @@ def iter_video_frames(
     damage.
     """
     import av
-    from av.video.reformatter import VideoReformatter
 
     with av.open(path, metadata_errors="ignore") as container:
         stream = video_stream(container)
@@ -192,15 +216,12 @@ def iter_video_frames(
         fps = stream_fps(stream) or 25.0
         tb = stream.time_base
         start = stream.start_time
-        reformatter = VideoReformatter()  # one per stream: the swscale context is reused frame to frame
         for index, frame in enumerate(decode_resilient(container, stream, max_errors, errors)):
             if frame.pts is not None and tb is not None:
                 t = float((frame.pts - (start or 0)) * tb)
             else:
                 t = index / fps
-            img = reformatter.reformat(
-                frame, width=width, height=height, format=fmt, interpolation=interpolation
-            ).to_ndarray()
+            img = to_array(frame, width=width, height=height, fmt=fmt, interpolation=interpolation)
             yield VideoFrameOut(index=index, time_s=t, image=img)
 
 
@@ -284,13 +305,10 @@ def _scan_frames(container, stream, times, width, height, fmt, *, strict_start: 
 
     Returns None if `strict_start` and the first frame is already past the first time (a seek overshoot).
     """
-    from av.video.reformatter import VideoReformatter
-
     fps = stream_fps(stream) or 25.0
     tb = stream.time_base
     origin = stream.start_time or 0
     half = 0.5 / fps
-    reformatter = VideoReformatter()
     out: list[np.ndarray] = []
     prev = None
     k = 0
@@ -300,25 +318,19 @@ def _scan_frames(container, stream, times, width, height, fmt, *, strict_start: 
             return None
         # the frame shown at time T is the last one that starts at or before T (+ half a frame)
         while k < len(times) and times[k] < t - half:
-            out.append(_convert(reformatter, prev if prev is not None else frame, width, height, fmt))
+            out.append(to_array(prev if prev is not None else frame, width=width, height=height, fmt=fmt))
             k += 1
         while k < len(times) and times[k] <= t + half:
-            out.append(_convert(reformatter, frame, width, height, fmt))
+            out.append(to_array(frame, width=width, height=height, fmt=fmt))
             k += 1
         if k == len(times):
             break
         prev = frame
     # times past the last decodable frame get that frame
     while k < len(times) and prev is not None:
-        out.append(_convert(reformatter, prev, width, height, fmt))
+        out.append(to_array(prev, width=width, height=height, fmt=fmt))
         k += 1
     return out
-
-
-def _convert(reformatter, frame, width, height, fmt) -> np.ndarray:
-    return reformatter.reformat(
-        frame, width=width, height=height, format=fmt, interpolation="AREA"
-    ).to_ndarray()
 
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
