@@ -370,7 +370,7 @@ class Generator:
                 f"(sha256 {_sha256(path)[:16]}..., recorded {recorded['sha256'][:16]}...); point at that "
                 "checkpoint, or set tokenizers.verify=false"
             )
-        s = SoundStream.from_pretrained(path, device=self.device)
+        s = SoundStream.from_pretrained(path, device=self.device).fold_weight_norm_()
         if (s.cfg.num_levels, s.cfg.codebook_size) != (
             self.vocab.audio_levels,
             self.vocab.audio_codebook_size,

@@ -298,7 +298,7 @@ def load_decoders(
             url = _checked_checkpoint(at, url, "audio")
             from videopoet.tokenizers.soundstream import SoundStream
 
-            audio = SoundStream.from_pretrained(url, device=device)
+            audio = SoundStream.from_pretrained(url, device=device).fold_weight_norm_()
         elif audio_checkpoint:
             raise UserError(f"no SoundStream checkpoint at {audio_checkpoint}")
         else:

@@ -759,7 +759,7 @@ class AudioTokenizeStage(_ModelStage):
         from videopoet.tokenizers.soundstream import SoundStream
 
         self._setup_device()
-        self.model = SoundStream.from_pretrained(self.cfg.checkpoint, device=self.device)
+        self.model = SoundStream.from_pretrained(self.cfg.checkpoint, device=self.device).fold_weight_norm_()
 
     def _encode(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         import torch

@@ -254,6 +254,22 @@ def test_checkpoint_round_trip(model, tmp_path, where):
     assert loaded.id.startswith("soundstream:") and loaded.weights_sha256[:16] in loaded.id
 
 
+def test_folded_weight_norm_gives_the_same_codes_and_wave(model, tmp_path):
+    """Inference folds weight norm into plain weights: same latents, codes and decoded wave; a folded
+    model refuses to be saved as a SoundStream checkpoint (its state dict no longer matches the config)."""
+    model.save_pretrained(str(tmp_path / "ckpt"))
+    folded = SoundStream.from_pretrained(str(tmp_path / "ckpt")).fold_weight_norm_()
+    assert not any("parametrizations" in k for k in folded.state_dict())
+    x = load_speech()[None, :16000]
+    with torch.inference_mode():
+        codes = model.encode(x)
+        assert torch.equal(folded.encode_latent(x), model.encode_latent(x))
+        assert torch.equal(folded.encode(x), codes)
+        assert torch.equal(folded.decode(codes), model.decode(codes))
+    with pytest.raises(UserError, match="folded"):
+        folded.save_pretrained(str(tmp_path / "again"))
+
+
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(UserError, match="config.json"):
         SoundStream.from_pretrained(str(tmp_path / "nothing-here"))

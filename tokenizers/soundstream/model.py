@@ -278,9 +278,29 @@ class SoundStream(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def fold_weight_norm_(self) -> SoundStream:
+        """For inference: store each weight-normalized convolution's weight `g * v / ||v||` as a plain weight.
+
+        The outputs are the same; a forward no longer recomputes every weight (three small kernels per
+        convolution, which dominate a batch of short windows on a GPU). The model can no longer be trained
+        as SoundStream (its state dict holds plain `weight`s), so `save_pretrained` refuses it afterwards.
+        """
+        from torch.nn.utils import parametrize
+
+        for m in self.modules():
+            if parametrize.is_parametrized(m, "weight"):
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        self.weight_norm_folded = True
+        return self
+
     # ---- checkpoints ------------------------------------------------------------------------------------
     def save_pretrained(self, url: str) -> None:
         """Write `config.json` and `model.safetensors` (generator + codebooks) under directory `url`."""
+        if getattr(self, "weight_norm_folded", False) and self.cfg.weight_norm:
+            raise UserError(
+                "this SoundStream had its weight norm folded for inference (fold_weight_norm_); save the model "
+                "before folding, or load the checkpoint again"
+            )
         meta = {"kind": "soundstream", "format_version": FORMAT_VERSION, "config": to_dict(self.cfg)}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write_bytes(join(url, WEIGHTS_NAME), save_safetensors(state, metadata={"format": "pt"}))
