@@ -306,9 +306,10 @@ def _busy_cpu_s() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def path_ray(root: Path, args) -> float:
-    """The real job on an embedded Ray: (N - n) / (T(N) - T(n)) from a run on n and one on N windows, so
-    the start-up both pay (Ray Data plan, worker processes, model loading) cancels out."""
+def path_ray(root: Path, args) -> tuple[float, float | None]:
+    """The real job on an embedded Ray: (marginal, steady) windows/s. Marginal is (N - n) / (T(N) - T(n))
+    from a run on n and one on N windows, so the start-up both pay (Ray Data plan, worker processes, model
+    loading) cancels out; steady is `_steady_rate` of the N-window run (None when it has under 10 shards)."""
     from videopoet.core.ray_runtime import RayConfig, init_ray
     from videopoet.jobs import tokenize_shards
 
