@@ -419,7 +419,8 @@ class _Committer:
         for r in bad:  # rejected windows name themselves in the detail
             if _is_set(r.get("sample_id")):
                 r["reject_detail"] = f"window {r['sample_id']}: {r.get('reject_detail') or ''}"
-            r.setdefault("input_id", self.clip_rows.get(r["clip_id"], {}).get("input_id") or "")
+            if not _is_set(r.get("input_id")):
+                r["input_id"] = self.clip_rows.get(r["clip_id"], {}).get("input_id") or ""
         name = self.state.part_name(p)
         info: dict = {"name": None, "rows": 0, "rejects": len(bad), "clips": len(expected)}
         if ok:
@@ -466,9 +467,10 @@ def run_partitions(cfg: Config, state: RunState, pending: list[dict], meta: dict
     committed = 0
     windows = 0
     progress = Progress("tokenize", len(pending), "clips", logger=log)
-    for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
-        windows += len(batch)
-        for row in batch.to_dict("records"):
+    # pyarrow batches: the tokenizer workers return Arrow blocks (tokens as binary), read here without pandas
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        windows += batch.num_rows
+        for row in batch.to_pylist():
             p = collector.add(row)
             progress.update(len(collector.complete), windows=windows, shards=committed)
             if p is not None:

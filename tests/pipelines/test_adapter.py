@@ -134,6 +134,31 @@ def test_rows_to_frame_keeps_a_bytes_column_arrow_storable_when_some_rows_lack_i
     assert frame["score"].isna().tolist() == [True, True, False]  # numeric columns keep NaN
 
 
+def test_rows_to_table_types_each_column_or_gives_up_on_mixed_values():
+    import numpy as np
+    import pyarrow as pa
+
+    from videopoet.pipelines.base import rows_to_table
+
+    tokens = np.arange(6, dtype=np.int32).reshape(2, 3)
+    rows = [
+        {"clip_id": "a", "tokens": tokens.tobytes(), "tokens_shape": [2, 3], "status": "ok"},
+        {"clip_id": "b", "status": "rejected", "reject_detail": "corrupt", "score": float("nan")},
+        {"clip_id": "c", "tokens": memoryview(b"\x01\x00\x00\x00"), "tokens_shape": (1,), "score": 0.5},
+    ]
+    table = rows_to_table(rows)
+    assert table.column_names == ["clip_id", "tokens", "tokens_shape", "status", "reject_detail", "score"]
+    assert pa.types.is_binary(table.schema.field("tokens").type)
+    assert pa.types.is_list(table.schema.field("tokens_shape").type)
+    got = table.to_pylist()
+    assert np.array_equal(np.frombuffer(got[0]["tokens"], np.int32).reshape(got[0]["tokens_shape"]), tokens)
+    assert got[1]["tokens"] is None and got[1]["reject_detail"] == "corrupt"
+    assert got[1]["score"] is None and got[2]["score"] == 0.5  # pandas' NaN placeholder is a null
+    assert got[2]["tokens"] == b"\x01\x00\x00\x00" and got[2]["tokens_shape"] == [1]
+    assert rows_to_table([]).column_names == ["status"]
+    assert rows_to_table([{"v": "text"}, {"v": 3}]) is None  # Arrow cannot type it: the stage returns pandas
+
+
 class Sizes(Stage):
     """Reads a binary column in place, as the tokenizer worker does with decoded pixels."""
 
@@ -175,6 +200,7 @@ def test_arrow_rows_are_zero_copy_views_with_nulls_offsets_and_chunks():
 
 
 def test_a_pyarrow_stage_gets_the_same_rows_locally_and_on_ray(ray_local):
+    import pyarrow as pa
     import ray.data
 
     from videopoet.pipelines.adapter import apply_stages
@@ -182,7 +208,10 @@ def test_a_pyarrow_stage_gets_the_same_rows_locally_and_on_ray(ray_local):
     rows = [{"x": i, "blob": bytes([i]) * i if i % 3 else None, "status": "ok"} for i in range(1, 25)]
     local = sorted(run_local([Sizes()], rows), key=lambda r: r["x"])
     ds = apply_stages(ray.data.from_items(rows, override_num_blocks=4), [Sizes()])
-    remote = sorted(ds.take_all(), key=lambda r: r["x"])
+    batches = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    remote = sorted((r for b in batches for r in b.to_pylist()), key=lambda r: r["x"])
+    assert all(isinstance(b, pa.Table) for b in batches)
+    assert sorted(Sizes()(pa.Table.from_pylist(rows[:2])).column_names) == ["blob", "status", "total", "x"]
     assert (
         [r.get("total") for r in remote]
         == [r.get("total") for r in local]
