@@ -311,10 +311,11 @@ def _busy_cpu_s() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def path_ray(root: Path, args) -> tuple[float, float | None]:
+def path_ray(root: Path, args) -> tuple[float | None, float | None]:
     """The real job on an embedded Ray: (marginal, steady) windows/s. Marginal is (N - n) / (T(N) - T(n))
-    from a run on n and one on N windows, so the start-up both pay (Ray Data plan, worker processes, model
-    loading) cancels out; steady is `_steady_rate` of the N-window run (None when it has under 10 shards)."""
+    from a run on n = --batch-windows and one on N = --clips windows (None unless N > n), so the start-up
+    both pay (Ray Data plan, worker processes, model loading) cancels out; steady is `_steady_rate` of the
+    N-window run (None when it has under 10 shards)."""
     from videopoet.core.ray_runtime import RayConfig, init_ray
     from videopoet.jobs import tokenize_shards
 
@@ -339,6 +340,8 @@ def path_ray(root: Path, args) -> tuple[float, float | None]:
     steady = _steady_rate(root / f"ray-out-{large}" / "shards")
     if args.stats:
         print(f"Ray Data stats of the {large}-window run:\n{tokenize_shards.LAST_DATASET.stats()}")
+    if large <= small:
+        return None, steady
     return (large - small) / max(1e-9, wall[large] - wall[small]), steady
 
 
@@ -359,7 +362,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=48, help="windows tokenized (one per clip)")
     ap.add_argument("--batch", type=int, default=8, help="MAGVIT-v2 batch size (video.batch_size)")
-    ap.add_argument("--batch-windows", type=int, default=8, help="windows per tokenizer-worker call")
+    ap.add_argument(
+        "--batch-windows",
+        type=int,
+        default=None,
+        help="windows per tokenizer-worker call (default: the job's)",
+    )
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads of one tokenizer worker (pool.cpus)"
     )
@@ -393,12 +401,21 @@ def main() -> None:
     ap.add_argument("--calls-in-flight", type=int, default=3, help="pool.calls_in_flight")
     ap.add_argument("--concurrent-calls", type=int, default=3, help="pool.concurrent_calls (GPU workers)")
     ap.add_argument("--workers-per-gpu", type=int, default=1, help="pool.workers_per_gpu")
-    ap.add_argument("--clips-per-task", type=int, default=16, help="window.clips_per_task")
+    ap.add_argument(
+        "--clips-per-task", type=int, default=None, help="window.clips_per_task (default: the job's)"
+    )
     ap.add_argument("--set", action="append", default=[], help="more tokenize config overrides, KEY=VALUE")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of the Ray run")
     ap.add_argument("--no-text", action="store_true", help="text.enabled=false (no caption encoder)")
     ap.add_argument("--no-pad", action="store_true", help="pool.pad_batches=false (short batches not padded)")
     args = ap.parse_args()
+    from videopoet.jobs.tokenize_shards import Config
+    from videopoet.pipelines.tokenize_stages import WindowConfig
+
+    if args.batch_windows is None:
+        args.batch_windows = Config.__dataclass_fields__["batch_windows"].default
+    if args.clips_per_task is None:
+        args.clips_per_task = WindowConfig().clips_per_task
     root = Path(tempfile.mkdtemp(prefix="videopoet-tok-bench-"))
     try:
         if args.magvit is None or args.soundstream is None:
@@ -442,10 +459,13 @@ def main() -> None:
             )
         if args.ray:
             ray_wps, steady = path_ray(root, args)
-            print(
-                f"job path, Ray (marginal): {ray_wps:7.2f} windows/s  ratio {ray_wps / bare:.2f}"
-                f"; {ray_wps / bare_all:.2f} of both tokenizers"
-            )
+            if ray_wps is None:
+                print(f"job path, Ray (marginal): needs --clips > --batch-windows ({args.batch_windows})")
+            else:
+                print(
+                    f"job path, Ray (marginal): {ray_wps:7.2f} windows/s  ratio {ray_wps / bare:.2f}"
+                    f"; {ray_wps / bare_all:.2f} of both tokenizers"
+                )
             if steady:
                 print(
                     f"job path, Ray (steady):   {steady:7.2f} windows/s  ratio {steady / bare:.2f}; "

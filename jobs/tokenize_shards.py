@@ -113,8 +113,10 @@ class Config:
     """Caption text encoder."""
     pool: PoolConfig = field(default_factory=PoolConfig)
     """Where the tokenizers run: device, dtype, CPUs, workers."""
-    batch_windows: int = 32
-    """Windows handed to a tokenizer worker per call (then split into each model's batch size)."""
+    batch_windows: int = 64
+    """Windows handed to a tokenizer worker per call (then split into each model's batch size). Every call
+    pays a fixed cost (Ray Data's task round trip, staging, result block): on the H100, 64 windows per call
+    tokenized 1.2-1.4x as fast as 32 (steady state, 1-window clips)."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Where to run: embedded local Ray (default) or a cluster address."""
 
