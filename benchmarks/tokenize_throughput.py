@@ -22,7 +22,8 @@ checkpoints (random weights, made here) unless given. It measures windows per se
   counts some start-up: in the large run the decode tasks fill the object store while the GPU worker loads
   and compiles its models, on the same CPUs, so its start-up is longer. Also printed: the steady state of
   the large run (windows committed between its 20% and 95% shards over that time) and how many of the
-  machine's CPUs were busy on average;
+  machine's CPUs were busy on average; with --cpu-census, which processes and threads used them in the
+  steady window (no saturated thread means the job waits on latency, not on a CPU);
 - worker alone (--worker): the tokenizer worker's `ChainStage` on ready decoded blocks from
   `pool.concurrent_calls` threads, as a GPU worker runs them: the ceiling without decoding and Ray.
 Target: path / bare >= 0.8 (meant for the GPU, where decoding runs on other cores than the encoder).
@@ -31,6 +32,7 @@ Target: path / bare >= 0.8 (meant for the GPU, where decoding runs on other core
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -311,6 +313,77 @@ def _busy_cpu_s() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuCensus:
+    """CPU time of every thread of every process on this machine (Linux /proc), sampled every `period` s on
+    a background thread while a run is on, so a report can say afterwards which processes and threads were
+    busy between two moments (the steady window): is one thread at 100% of a core, or is nothing saturated?
+    Threads that exit keep their last sample (Ray Data's workers exit when the run ends)."""
+
+    def __init__(self, period: float = 0.5):
+        import threading
+
+        self.period, self.samples, self.names = period, [], {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="cpu-census")
+
+    @staticmethod
+    def snapshot() -> dict[tuple[int, int], tuple[str, str, float]]:
+        """{(pid, tid): (command line, thread name, CPU seconds)} of every readable thread."""
+        tick, out = os.sysconf("SC_CLK_TCK"), {}
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                    f = stat[stat.rindex(")") + 2 :].split()
+                    out[(int(pid), int(tid))] = (cmd.strip(), name, (int(f[11]) + int(f[12])) / tick)
+            except (OSError, ValueError):  # a process or thread that ended meanwhile
+                continue
+        return out
+
+    def _loop(self) -> None:
+        import threading
+
+        last: dict = {}
+        while True:
+            last = {**last, **self.snapshot()}
+            self.names.update({t.native_id: t.name for t in threading.enumerate()})
+            self.samples.append((time.time(), last))
+            if self._stop.wait(self.period):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, t0: float, t1: float, top: int = 8) -> str:
+        """Processes by CPU used between wall-clock times t0 and t1 (% of one core), with their busiest threads."""
+        a = min(self.samples, key=lambda x: abs(x[0] - t0))
+        b = min(self.samples, key=lambda x: abs(x[0] - t1))
+        span = max(1e-9, b[0] - a[0])
+        procs: dict[int, list] = {}
+        for (pid, tid), (cmd, name, cpu) in b[1].items():
+            used = cpu - a[1].get((pid, tid), (0, 0, 0.0))[2]
+            if used > 0:
+                name = f"this process: {self.names.get(tid, name)}" if pid == os.getpid() else name
+                p = procs.setdefault(pid, [0.0, cmd, []])
+                p[0] += used
+                p[2].append((used, name))
+        rows = sorted(procs.items(), key=lambda kv: -kv[1][0])
+        lines = [
+            f"  CPU census over {span:.1f} s: {sum(p[0] for p in procs.values()) / span:.1f} cores busy in all"
+        ]
+        for pid, (used, cmd, threads) in rows[:top]:
+            busiest = ", ".join(f"{n} {100 * u / span:.0f}%" for u, n in sorted(threads, reverse=True)[:4])
+            lines.append(f"    {100 * used / span:5.0f}%  pid {pid} {cmd[:50]:50s} | {busiest}")
+        return "\n".join(lines)
+
+
 def path_ray(root: Path, args) -> tuple[float | None, float | None]:
     """The real job on an embedded Ray: (marginal, steady) windows/s. Marginal is (N - n) / (T(N) - T(n))
     from a run on n = --batch-windows and one on N = --clips windows (None unless N > n), so the start-up
@@ -330,14 +403,18 @@ def path_ray(root: Path, args) -> tuple[float | None, float | None]:
         out = root / f"ray-out-{n}"
         shutil.rmtree(out, ignore_errors=True)
         busy0, t0 = _busy_cpu_s(), time.perf_counter()
-        tokenize_shards.main(config(curated, out, args, extra))
+        with CpuCensus() if args.cpu_census and n == large else contextlib.nullcontext() as census:
+            tokenize_shards.main(config(curated, out, args, extra))
         wall[n] = time.perf_counter() - t0
         busy = (_busy_cpu_s() - busy0) / wall[n] if busy0 is not None else float("nan")
         print(
             f"  job on {n:3d} windows: {wall[n]:6.1f}s wall (start-up included), {busy:.1f} of "
             f"{os.cpu_count()} CPUs busy on average"
         )
-    steady = _steady_rate(root / f"ray-out-{large}" / "shards")
+    steady, window = _steady_rate(root / f"ray-out-{large}" / "shards")
+    if args.cpu_census and window is not None:
+        print(f"Where the CPUs went in the steady window of the {large}-window run:")
+        print(census.report(*window))
     if args.stats:
         print(f"Ray Data stats of the {large}-window run:\n{tokenize_shards.LAST_DATASET.stats()}")
     if large <= small:
@@ -345,17 +422,19 @@ def path_ray(root: Path, args) -> tuple[float | None, float | None]:
     return (large - small) / max(1e-9, wall[large] - wall[small]), steady
 
 
-def _steady_rate(shards: Path) -> float | None:
-    """Windows/s between the commits of the 20% and the 95% shard (by commit time) of a finished run."""
+def _steady_rate(shards: Path) -> tuple[float | None, tuple[float, float] | None]:
+    """(windows/s, (start, end) wall-clock times) between the commits of the 20% and the 95% shard (by commit
+    time) of a finished run; (None, None) under 10 shards."""
     import pyarrow.parquet as pq
 
     done = sorted(
         (p.stat().st_mtime, pq.ParquetFile(p).metadata.num_rows) for p in shards.glob("part-*.parquet")
     )
     if len(done) < 10:
-        return None
+        return None, None
     a, b = int(0.2 * len(done)), int(0.95 * len(done))
-    return sum(n for _, n in done[a + 1 : b + 1]) / max(1e-9, done[b][0] - done[a][0])
+    rate = sum(n for _, n in done[a + 1 : b + 1]) / max(1e-9, done[b][0] - done[a][0])
+    return rate, (done[a][0], done[b][0])
 
 
 def main() -> None:
@@ -406,6 +485,12 @@ def main() -> None:
     )
     ap.add_argument("--set", action="append", default=[], help="more tokenize config overrides, KEY=VALUE")
     ap.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of the Ray run")
+    ap.add_argument(
+        "--cpu-census",
+        action="store_true",
+        help="sample every thread's CPU time (/proc) during the large Ray run; print the busiest processes and "
+        "threads over its steady window",
+    )
     ap.add_argument("--no-text", action="store_true", help="text.enabled=false (no caption encoder)")
     ap.add_argument("--no-pad", action="store_true", help="pool.pad_batches=false (short batches not padded)")
     args = ap.parse_args()
