@@ -80,7 +80,7 @@ def _by_clip(out: Path) -> dict[str, dict]:
     return {name: next((r for r in rows if r["clip_id"] == cid), None) for name, cid in CLIP_IDS.items()}
 
 
-def test_video_image_and_audio_samples_with_the_expected_shapes(finished):
+def test_video_image_and_audio_samples_with_the_expected_shapes(inputs, finished):
     s = _by_clip(finished)
     launch = s["launch"]  # 3 s at 24 fps with sound, 256x144: one 17-frame window, audio, SR at 2x
     assert launch["modality"] == "video" and launch["sample_id"] == f"{CLIP_IDS['launch']}-w0000"
@@ -134,6 +134,8 @@ def test_video_image_and_audio_samples_with_the_expected_shapes(finished):
     assert [(r["clip_id"], r["stage"], r["reason"]) for r in rejects] == [
         (CLIP_IDS["city"], "decode", "too_short")
     ]
+    clips = {c["clip_id"]: c for c in pq.read_table(inputs["curated"] / "clips").to_pylist()}
+    assert rejects[0]["input_id"] == clips[CLIP_IDS["city"]]["input_id"] != ""  # the ledger names the input
     stats = json.loads((finished / "stats.json").read_text())
     assert stats["samples"] == 5 and stats["rejections_by_stage_reason"] == {"decode:too_short": 1}
     assert (finished / "config.yaml").exists()
