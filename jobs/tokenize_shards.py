@@ -116,7 +116,7 @@ class Config:
     batch_windows: int = 64
     """Windows handed to a tokenizer worker per call (then split into each model's batch size). Every call
     pays a fixed cost (Ray Data's task round trip, staging, result block): on the H100, 64 windows per call
-    tokenized 1.2-1.4x as fast as 32 (steady state, 1-window clips)."""
+    tokenized 1.1-1.4x as fast as 32 (steady state, 1-window clips, across calls)."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Where to run: embedded local Ray (default) or a cluster address."""
 
