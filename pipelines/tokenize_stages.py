@@ -207,8 +207,9 @@ class PoolConfig:
     Without it, floating-point differences between batch shapes flip near-tie codes, so a resumed run
     could differ from an uninterrupted one in a few tokens. false: less compute on small runs."""
     calls_in_flight: int = 3
-    """Calls a worker takes at once: Ray Data batches the next call's windows (and the last call's results)
-    while the models run (one call at a time unless concurrent_calls > 1)."""
+    """Calls a worker takes at once when it runs one call at a time (concurrent_calls = 1): Ray Data batches
+    the next call's windows (and the last call's results) while the models run. Not used when
+    concurrent_calls > 1: Ray Data then keeps 2 x concurrent_calls calls queued at each worker."""
     concurrent_calls: int = 3
     """Calls a GPU worker runs at once, each on its own thread and CUDA stream: one call's host work
     (unpacking windows, staging copies, results) overlaps another's forward passes on the GPU. Each call's
