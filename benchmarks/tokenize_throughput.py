@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -497,10 +498,10 @@ def main() -> None:
     from videopoet.jobs.tokenize_shards import Config
     from videopoet.pipelines.tokenize_stages import WindowConfig
 
-    if args.batch_windows is None:
-        args.batch_windows = Config.__dataclass_fields__["batch_windows"].default
-    if args.clips_per_task is None:
-        args.clips_per_task = WindowConfig().clips_per_task
+    defaults = {f.name: f.default for cls in (Config, WindowConfig) for f in dataclasses.fields(cls)}
+    for key in ("batch_windows", "clips_per_task"):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[key])
     root = Path(tempfile.mkdtemp(prefix="videopoet-tok-bench-"))
     try:
         if args.magvit is None or args.soundstream is None:

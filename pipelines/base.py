@@ -93,9 +93,9 @@ class Stage:
         rows = batch_rows(batch)
         ok = [r for r in rows if r.get("status", OK) == OK]
         passed = [r for r in rows if r.get("status", OK) != OK]
-        out = self.process_rows(ok) if ok else []
-        table = rows_to_table(out + passed) if self.batch_format == "pyarrow" else None
-        return table if table is not None else rows_to_frame(out + passed)
+        rows = (self.process_rows(ok) if ok else []) + passed
+        table = rows_to_table(rows) if self.batch_format == "pyarrow" else None
+        return table if table is not None else rows_to_frame(rows)
 
 
 def batch_rows(batch: pd.DataFrame | pa.Table) -> list[Row]:
@@ -152,15 +152,10 @@ def rows_to_table(rows: list[Row]) -> pa.Table | None:
     if not rows:
         return pa.table({"status": pa.array([], pa.string())})
     keys = dict.fromkeys(k for r in rows for k in r)
-    try:
-        return pa.table({k: pa.array([_arrow_value(r.get(k)) for r in rows]) for k in keys})
+    try:  # from_pandas: pandas' NaN placeholder of a missing value becomes a null
+        return pa.table({k: pa.array([r.get(k) for r in rows], from_pandas=True) for k in keys})
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-
-
-def _arrow_value(v):
-    """pandas' NaN placeholder of a missing value -> None; everything else as is."""
-    return None if isinstance(v, float) and v != v else v
 
 
 def run_local(stages: Iterable[Stage], rows: list[Row]) -> list[Row]:
