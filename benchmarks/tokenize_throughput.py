@@ -258,15 +258,13 @@ def worker_ceiling(curated: Path, root: Path, args) -> float:
     import torch
 
     clips, decode, chain = job_stages(curated, root, args)
-    n = min(len(clips), 8 * args.batch_windows)  # decoded once, then fed round and round
-    blocks = [
-        decoded_block(decode, clips[i : i + args.batch_windows])
-        for i in range(0, n - args.batch_windows + 1, args.batch_windows)
-    ]
+    size = min(args.batch_windows, len(clips))  # fewer clips than a call holds: one call of them all
+    n = min(len(clips), 8 * size)  # decoded once, then fed round and round
+    blocks = [decoded_block(decode, clips[i : i + size]) for i in range(0, n - size + 1, size)]
     threads = chain.concurrent_calls if args.device.startswith("cuda") else 1
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(chain, blocks[:threads]))  # warm-up
-        calls = [blocks[i % len(blocks)] for i in range(max(len(blocks), len(clips) // args.batch_windows))]
+        calls = [blocks[i % len(blocks)] for i in range(max(len(blocks), len(clips) // size))]
         t0 = time.perf_counter()
         outs = list(pool.map(chain, calls))
         if args.device.startswith("cuda"):
