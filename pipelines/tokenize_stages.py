@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import math
 import threading
@@ -563,12 +564,22 @@ _PINNED = threading.local()
 """Page-locked staging buffers of the model stages' host-to-device copies, per thread (`_to_device`)."""
 
 _STREAMS = threading.local()
+_STREAM_RANKS = itertools.count()
+"""Order in which call threads got their streams: the first has the highest priority (`thread_stream`)."""
 
 
 def thread_stream(device):
-    """A context running this thread's CUDA work on its own stream (made once per thread and device), so
-    concurrent calls of one worker never wait on each other's kernels when they synchronize (a result's copy
-    to the host waits only for its own stream); a no-op off CUDA."""
+    """A context running this thread's CUDA work on its own stream (made once per thread and device), each
+    thread's at its own priority: the first thread to ask gets the highest, the next one lower, and so on
+    (as many levels as the device has, then round again).
+
+    Own streams: a call's wait for its results waits only for its own kernels. Priorities: with equal ones the
+    GPU interleaves the concurrent calls' kernels, so all of them finish at about the same moment and then
+    unpack, stage and return at the same moment too, while the GPU idles. Ranked, the GPU runs the first call
+    to completion and fills its gaps with the others', so calls finish staggered and one call's host work
+    overlaps the others' kernels. Tokenizer worker alone on the H100, 3 calls: 762-786 windows/s against
+    710-731 with equal priorities (alternating runs); a call's kernels and so its tokens are the same either
+    way. A no-op off CUDA."""
     import contextlib
 
     import torch
@@ -577,8 +588,20 @@ def thread_stream(device):
         return contextlib.nullcontext()
     streams = _STREAMS.__dict__.setdefault("streams", {})
     if str(device) not in streams:
-        streams[str(device)] = torch.cuda.Stream(device)
+        low, high = torch.cuda.Stream.priority_range()  # numerically lower is higher priority
+        levels = low - high + 1
+        streams[str(device)] = torch.cuda.Stream(device, priority=high + next(_STREAM_RANKS) % levels)
     return torch.cuda.stream(streams[str(device)])
+
+
+def _copy_stream(device):
+    """This thread's side stream for host-to-device copies (`_ModelStage._to_device`)."""
+    import torch
+
+    streams = _STREAMS.__dict__.setdefault("copy", {})
+    if str(device) not in streams:
+        streams[str(device)] = torch.cuda.Stream(device)
+    return streams[str(device)]
 
 
 class _ModelStage(Stage):
@@ -656,7 +679,11 @@ class _ModelStage(Stage):
         """`arrays` stacked on the worker's device. On CUDA they are stacked straight into a page-locked
         buffer (one per thread, shape and dtype: an actor's calls may run on different threads) and copied
         from it asynchronously: one host copy instead of two (stack, then the driver's staging of pageable
-        memory). A buffer is refilled only after its previous copy to the device has completed."""
+        memory). A buffer is refilled only after its previous copy to the device has completed. The copy runs
+        on the thread's side stream, which the compute stream waits for: it overlaps the kernels this call
+        queued before it (a call's first batch's while its second is copied) instead of queueing behind them.
+        With ranked streams (`thread_stream`), the tokenize job's steady state on the H100: 726 and 742
+        windows/s with the side stream, 661 and 726 without (alternating runs)."""
         import torch
 
         if self.device.type != "cuda":
@@ -669,9 +696,13 @@ class _ModelStage(Stage):
         else:
             host = torch.from_numpy(np.empty(key[0], arrays[0].dtype)).pin_memory()
         np.stack(arrays, out=host.numpy())
-        x = host.to(self.device, non_blocking=True)
-        copied = torch.cuda.Event(blocking=True)
-        copied.record()
+        compute, side = torch.cuda.current_stream(self.device), _copy_stream(self.device)
+        with torch.cuda.stream(side):
+            x = host.to(self.device, non_blocking=True)
+            copied = torch.cuda.Event(blocking=True)
+            copied.record()
+        compute.wait_event(copied)
+        x.record_stream(compute)  # x is used (and freed) on the compute stream
         bufs[key] = (host, copied)
         return x
 

@@ -349,6 +349,35 @@ def test_concurrent_gpu_calls_on_their_own_streams_give_the_serial_tokens(tmp_pa
 
 
 @pytest.mark.gpu
+def test_concurrent_calls_get_their_own_streams_at_distinct_priorities():
+    """Each call thread of a GPU worker computes on its own stream, ranked by priority (so the GPU finishes
+    one call before the next instead of all at once), and copies to the device on a side stream."""
+    import threading
+
+    import torch
+
+    from videopoet.pipelines.tokenize_stages import _copy_stream, thread_stream
+
+    device = torch.device("cuda")
+    seen: dict[int, tuple] = {}
+
+    def work(k: int) -> None:
+        with thread_stream(device):
+            s = torch.cuda.current_stream(device)
+            seen[k] = (s.stream_id, s.priority, _copy_stream(device).stream_id)
+
+    for k in range(3):  # one after another: the ranks follow the order in which threads first ask
+        t = threading.Thread(target=work, args=(k,))
+        t.start()
+        t.join()
+    low, high = torch.cuda.Stream.priority_range()
+    ids = {v[0] for v in seen.values()} | {v[2] for v in seen.values()}
+    assert len(ids) == 6, seen  # 3 compute + 3 copy streams, none the default one
+    prios = [seen[k][1] for k in range(3)]
+    assert len(set(prios)) == min(3, low - high + 1) and all(high <= p <= low for p in prios), prios
+
+
+@pytest.mark.gpu
 def test_the_compiled_gpu_encoder_gives_the_eager_tokens_up_to_near_ties(tmp_path):
     """video.compile (the default) fuses the encoder's kernels on GPU workers; tokens are the eager encoder's
     except for latent channels within rounding of zero, whose sign bit may flip."""
