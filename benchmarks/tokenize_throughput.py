@@ -476,8 +476,15 @@ def main() -> None:
     ap.add_argument(
         "--in-process-clips", type=int, default=512, help="windows the serial in-process path runs (at most)"
     )
-    ap.add_argument("--calls-in-flight", type=int, default=3, help="pool.calls_in_flight")
-    ap.add_argument("--concurrent-calls", type=int, default=3, help="pool.concurrent_calls (GPU workers)")
+    ap.add_argument(
+        "--calls-in-flight", type=int, default=None, help="pool.calls_in_flight (default: the job's)"
+    )
+    ap.add_argument(
+        "--concurrent-calls",
+        type=int,
+        default=None,
+        help="pool.concurrent_calls of GPU workers (default: the job's)",
+    )
     ap.add_argument("--workers-per-gpu", type=int, default=1, help="pool.workers_per_gpu")
     ap.add_argument(
         "--clips-per-task", type=int, default=None, help="window.clips_per_task (default: the job's)"
@@ -494,10 +501,12 @@ def main() -> None:
     ap.add_argument("--no-pad", action="store_true", help="pool.pad_batches=false (short batches not padded)")
     args = ap.parse_args()
     from videopoet.jobs.tokenize_shards import Config
-    from videopoet.pipelines.tokenize_stages import WindowConfig
+    from videopoet.pipelines.tokenize_stages import PoolConfig, WindowConfig
 
-    defaults = {f.name: f.default for cls in (Config, WindowConfig) for f in dataclasses.fields(cls)}
-    for key in ("batch_windows", "clips_per_task"):
+    defaults = {
+        f.name: f.default for cls in (Config, WindowConfig, PoolConfig) for f in dataclasses.fields(cls)
+    }
+    for key in ("batch_windows", "clips_per_task", "calls_in_flight", "concurrent_calls"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     root = Path(tempfile.mkdtemp(prefix="videopoet-tok-bench-"))
