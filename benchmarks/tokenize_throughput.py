@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -159,6 +159,11 @@ def config(curated: Path, out: Path, args, extra: list[str]):
     from videopoet.core.config import load_config
     from videopoet.jobs import tokenize_shards
 
+    given = {  # None: the job's own setting (configs/tokenize.yaml)
+        "pool.calls_in_flight": args.calls_in_flight,
+        "pool.concurrent_calls": args.concurrent_calls,
+        "window.clips_per_task": args.clips_per_task,
+    }
     return load_config(
         tokenize_shards.Config,
         str(REPO / "configs" / "tokenize.yaml"),
@@ -171,10 +176,8 @@ def config(curated: Path, out: Path, args, extra: list[str]):
             f"pool.device={args.device.split(':')[0]}",
             f"pool.cpus={args.threads}",
             f"pool.pad_batches={str(not args.no_pad).lower()}",
-            f"pool.calls_in_flight={args.calls_in_flight}",
-            f"pool.concurrent_calls={args.concurrent_calls}",
             f"pool.workers_per_gpu={args.workers_per_gpu}",
-            f"window.clips_per_task={args.clips_per_task}",
+            *(f"{key}={v}" for key, v in given.items() if v is not None),
             *(["text.enabled=false"] if args.no_text else []),
             *args.set,
             *extra,
@@ -319,8 +322,6 @@ class CpuCensus:
     Threads that exit keep their last sample (Ray Data's workers exit when the run ends)."""
 
     def __init__(self, period: float = 0.5):
-        import threading
-
         self.period, self.samples, self.names = period, [], {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="cpu-census")
@@ -342,8 +343,6 @@ class CpuCensus:
         return out
 
     def _loop(self) -> None:
-        import threading
-
         last: dict = {}
         while True:
             last = {**last, **self.snapshot()}
@@ -500,15 +499,16 @@ def main() -> None:
     ap.add_argument("--no-text", action="store_true", help="text.enabled=false (no caption encoder)")
     ap.add_argument("--no-pad", action="store_true", help="pool.pad_batches=false (short batches not padded)")
     args = ap.parse_args()
-    from videopoet.jobs.tokenize_shards import Config
-    from videopoet.pipelines.tokenize_stages import PoolConfig, WindowConfig
-
-    defaults = {
-        f.name: f.default for cls in (Config, WindowConfig, PoolConfig) for f in dataclasses.fields(cls)
+    job = config(Path("unused"), Path("unused"), args, [])  # the job's settings where no flag is given
+    resolved = {
+        "batch_windows": job.batch_windows,
+        "clips_per_task": job.window.clips_per_task,
+        "calls_in_flight": job.pool.calls_in_flight,
+        "concurrent_calls": job.pool.concurrent_calls,
     }
-    for key in ("batch_windows", "clips_per_task", "calls_in_flight", "concurrent_calls"):
+    for key, value in resolved.items():
         if getattr(args, key) is None:
-            setattr(args, key, defaults[key])
+            setattr(args, key, value)
     root = Path(tempfile.mkdtemp(prefix="videopoet-tok-bench-"))
     try:
         if args.magvit is None or args.soundstream is None:
@@ -525,7 +525,7 @@ def main() -> None:
             args.device,
             args.threads,
             args.profile_worker,
-            compiled=config(curated, root / "unused", args, []).video.compile,
+            compiled=job.video.compile,
         )
         print(
             f"bare MAGVIT-v2 encode:   {bare:8.2f} windows/s  (batch {args.batch}, {args.device}, {args.threads} "

@@ -587,21 +587,26 @@ def thread_stream(device):
 
     if device is None or device.type != "cuda":
         return contextlib.nullcontext()
-    streams = _STREAMS.__dict__.setdefault("streams", {})
-    if str(device) not in streams:
-        low, high = torch.cuda.Stream.priority_range()  # numerically lower is higher priority
-        levels = low - high + 1
-        streams[str(device)] = torch.cuda.Stream(device, priority=high + next(_STREAM_RANKS) % levels)
-    return torch.cuda.stream(streams[str(device)])
+    return torch.cuda.stream(_own_stream("compute", device))
 
 
 def _copy_stream(device):
     """This thread's side stream for host-to-device copies (`_ModelStage._to_device`)."""
+    return _own_stream("copy", device)
+
+
+def _own_stream(kind: str, device):
+    """This thread's CUDA stream of `kind` on `device`, made on first use: "compute" ones ranked by priority
+    in the order threads first ask (`thread_stream`), "copy" ones at the default priority."""
     import torch
 
-    streams = _STREAMS.__dict__.setdefault("copy", {})
+    streams = _STREAMS.__dict__.setdefault(kind, {})
     if str(device) not in streams:
-        streams[str(device)] = torch.cuda.Stream(device)
+        priority = 0
+        if kind == "compute":
+            low, high = torch.cuda.Stream.priority_range()  # numerically lower is higher priority
+            priority = high + next(_STREAM_RANKS) % (low - high + 1)
+        streams[str(device)] = torch.cuda.Stream(device, priority=priority)
     return streams[str(device)]
 
 
