@@ -17,7 +17,10 @@ HR positions (batch x T x H x W). Reported: tokens/s of each, the windowed / ful
 `--compile` compiles every block with static shapes (the two models share the block code; a dynamic-shape
 recompile for the second grid is slower and crashed once); `--compile-mode reduce-overhead` adds CUDA graphs,
 which take the launch gaps out of the short windowed step; `--profile N` prints one step's GPU kernel time by
-class (matmul, attention, fused elementwise, other) and the top N kernels of each model.
+class (matmul, attention, fused elementwise, other) and the top N kernels of each model, then what bounds the
+ratio: the windowed step less its attention kernels is work both models share, so the ratio cannot beat
+full / shared even with free windowed attention, nor full / (shared + floor) with the windowed attention at its
+memory-traffic floor (q, k, v, o and their gradients moved once, at a copy bandwidth measured in the same run).
 Both models stay resident and their steps alternate (warm-up steps of both first), so one-time costs and
 changes of the machine's load during the run fall on both alike.
 
@@ -116,13 +119,75 @@ def sdpa_backend(name: str):
 def kernel_kind(name: str) -> str:
     """Coarse class of a CUDA kernel by its name (for `--profile`)."""
     n = name.lower()
-    if any(k in n for k in ("flash", "fmha", "attention", "cudnn_generated", "sdpa")):
+    # cuDNN's backward helpers (dO.O row sums, fp32 dQ -> bf16) are attention work too
+    if any(
+        k in n for k in ("flash", "fmha", "attention", "cudnn_generated", "sdpa", "dot_do_o", "convert_dq")
+    ):
         return "attention"
     if any(k in n for k in ("gemm", "xmma", "cublas", "nvjet", "cutlass", "matmul")):
         return "matmul"
     if "triton" in n:
         return "triton (fused)"
     return "other"
+
+
+def attention_floor_bytes(cfg: SRConfig, grid, batch: int, text_len: int) -> int:
+    """Bytes the attention of one training step must move at least, the same for windowed and full attention.
+
+    Every attention call reads q, k, v and writes o in the forward, and reads q, k, v, o, dO and writes dq, dk,
+    dv in the backward, each once, 2 bytes per value (the softmax statistics are left out): what a kernel that
+    keeps everything else on chip would move. Windows change which keys a query sees, not how many q, k, v
+    there are: per layer one self-attention (N queries, N keys) and one LR cross-attention (N / s^2 keys), per
+    block one text cross-attention (1 + text_len keys per sample), N = batch x T x H x W.
+    """
+    n = batch * grid[0] * grid[1] * grid[2]
+
+    def call(nq: int, nk: int) -> int:
+        return (
+            (2 * nq + 2 * nk + 4 * nq + 4 * nk) * cfg.d_model * 2
+        )  # forward q o k v, backward q o dO dq k v dk dv
+
+    lr = call(n, n // cfg.scale**2)
+    return cfg.n_layer * (call(n, n) + lr) + cfg.n_block * call(n, batch * (1 + text_len))
+
+
+def copy_bandwidth(device, gib: float = 1.0) -> float:
+    """Bytes/s of a device-to-device copy of `gib` GiB (read + write counted), measured now on `device`."""
+    x = torch.empty(int(gib * 2**30) // 2, dtype=torch.bfloat16, device=device)
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    _sync(device)
+    return 2 * x.nbytes * 10 / (time.perf_counter() - t0)
+
+
+def attention_bound(prof: dict, floor_bytes: int, bandwidth: float) -> dict:
+    """What bounds the windowed / full ratio, from one profiled step of each (`profile_step`'s result).
+
+    The windowed step without its attention kernels is work both models do alike (projections, MLP, norms,
+    RoPE, embeddings, loss); the ratio cannot beat full / that, even if the windowed attention cost nothing,
+    and at the attention's memory-traffic floor (`attention_floor_bytes` at the measured copy bandwidth) it
+    is full / (that + floor).
+    """
+    w, f = prof["windowed"], prof["full"]
+    attn = w["by_class_ms"].get("attention", 0.0)
+    shared = w["kernel_ms"] - attn
+    floor_ms = floor_bytes / bandwidth * 1e3
+    return {
+        "windowed_attention_ms": attn,
+        "full_attention_ms": f["by_class_ms"].get("attention", 0.0),
+        "shared_ms": shared,
+        "attention_floor_gb": floor_bytes / 1e9,
+        "copy_bandwidth_tb_s": bandwidth / 1e12,
+        "attention_floor_ms": floor_ms,
+        "kernel_ratio": f["kernel_ms"] / w["kernel_ms"],
+        "ratio_if_free": f["kernel_ms"] / shared,
+        "ratio_at_floor": f["kernel_ms"] / (shared + floor_ms),
+    }
 
 
 def profile_step(models: dict[str, SRTransformer], b: dict, device, top: int) -> dict:
@@ -247,6 +312,17 @@ def main(argv: list[str] | None = None) -> dict:
         paths = measure(models, batches, steps, warmup, device)
         if args.profile and device.type == "cuda":
             results["profile"] = profile_step(models, batches[0], device, args.profile)
+            floor = attention_floor_bytes(windowed_cfg, grid, batch, args.text_len)
+            b = results["bound"] = attention_bound(results["profile"], floor, copy_bandwidth(device))
+            print(
+                f"\nwindowed attention kernels (with backward helpers) {b['windowed_attention_ms']:.1f} ms, "
+                f"full {b['full_attention_ms']:.1f} ms; the windowed attention's memory floor: "
+                f"{b['attention_floor_gb']:.1f} GB at {b['copy_bandwidth_tb_s']:.2f} TB/s (copy, measured now) "
+                f"= {b['attention_floor_ms']:.1f} ms\nwork both models share (windowed step less its attention): "
+                f"{b['shared_ms']:.1f} ms\nkernel-time ratio {b['kernel_ratio']:.2f}x; "
+                f"{b['ratio_if_free']:.2f}x if the windowed attention cost nothing, "
+                f"{b['ratio_at_floor']:.2f}x at its memory floor"
+            )
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
     tokens = batch * grid[0] * grid[1] * grid[2]
