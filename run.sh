@@ -26,6 +26,10 @@ UV=$(find_uv) || {
   UV=$(find_uv) || { echo "run.sh: uv installed but not found on PATH or ~/.local/bin" >&2; exit 1; }
 }
 
+# uv on PATH for what runs below too (jobs and tests that start `uv run`), wherever it was found or installed
+PATH="$(cd "$(dirname "$UV")" && pwd):$PATH"
+export PATH
+
 # Sync .venv from uv.lock when the lock, pyproject.toml or the venv changed since the last sync, then run
 # without re-checking (a re-check reinstalls decord on every call: its wheel's tags do not match its name).
 # --extra dev: tests and lint live in the same environment; harmless for the main job.
