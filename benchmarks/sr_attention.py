@@ -131,6 +131,11 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
+def full_attention_config(cfg: SRConfig, grid) -> SRConfig:
+    """`cfg` with every window as large as `grid`: global self- and LR cross-attention in every layer."""
+    return dataclasses.replace(cfg, window_vertical=grid, window_horizontal=grid, window_temporal=grid)
+
+
 def attention_floor_bytes(cfg: SRConfig, grid, batch: int, text_len: int) -> int:
     """Bytes the attention of one training step must move at least, the same for windowed and full attention.
 
@@ -143,9 +148,8 @@ def attention_floor_bytes(cfg: SRConfig, grid, batch: int, text_len: int) -> int
     n = batch * grid[0] * grid[1] * grid[2]
 
     def call(nq: int, nk: int) -> int:
-        return (
-            (2 * nq + 2 * nk + 4 * nq + 4 * nk) * cfg.d_model * 2
-        )  # forward q o k v, backward q o dO dq k v dk dv
+        # per query q o (forward) + q o dO dq (backward), per key k v + k v dk dv: 6 values of d_model each
+        return 6 * (nq + nk) * cfg.d_model * 2
 
     lr = call(n, n // cfg.scale**2)
     return cfg.n_layer * (call(n, n) + lr) + cfg.n_block * call(n, batch * (1 + text_len))
@@ -280,9 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
     windowed_cfg = SRConfig.from_name(
         size, **({"residual_dtype": args.residual_dtype} if args.residual_dtype else {})
     )
-    full_cfg = dataclasses.replace(
-        windowed_cfg, window_vertical=grid, window_horizontal=grid, window_temporal=grid
-    )
+    full_cfg = full_attention_config(windowed_cfg, grid)
     batches = make_batches(windowed_cfg, grid, batch, args.text_len, 4, device)
     results = {
         "size": size,

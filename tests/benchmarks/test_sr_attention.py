@@ -3,7 +3,6 @@ its bound arithmetic, and a CPU run end to end (the GPU figures are in README / 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -27,7 +26,7 @@ def test_attention_floor_counts_the_q_k_v_of_every_sdpa_call(monkeypatch, full):
     cfg = SRConfig.from_name("debug")
     grid, batch, text_len = (3, 16, 16), 2, 5
     if full:
-        cfg = dataclasses.replace(cfg, window_vertical=grid, window_horizontal=grid, window_temporal=grid)
+        cfg = bench.full_attention_config(cfg, grid)
     seen = []
     sdpa = F.scaled_dot_product_attention
 
